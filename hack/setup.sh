@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One-time machine setup, idempotent: Debian packages, the project venv, pinned Python deps.
+# mapscript only comes from Debian's python3-mapscript, so the venv is made by Debian's
+# /usr/bin/python3 with --system-site-packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+DEB_PACKAGES=(python3-venv python3-mapscript mapserver-bin gdal-bin python3-gdal openssl curl golang-go)
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# a Go toolchain already on PATH (>= 1.24) is fine; do not pull Debian's older one over it
+if command -v go >/dev/null; then
+  for i in "${!missing[@]}"; do [ "${missing[$i]}" = golang-go ] && unset 'missing[i]'; done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with /usr/bin/python3 (system site packages, for mapscript)"
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.deps-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  log "installing pinned Python dependencies"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  rm -f .venv/.deps-*; touch "$stamp"
+fi
+.venv/bin/python -c "import mapscript, kopf, kubernetes, fastapi" \
+  || { log "the venv cannot import mapscript/kopf/kubernetes/fastapi"; exit 1; }
+log "ready: .venv ($(.venv/bin/python --version))"

@@ -11,7 +11,7 @@ help:  ## list targets
 
 setup: .venv/.setup-done  ## Debian packages + venv + pinned Python deps
 
-.venv/.setup-done: pyproject.toml hack/setup.sh
+.venv/.setup-done: pyproject.toml hack/setup.sh $(wildcard */kms_*/__init__.py)
 	hack/setup.sh
 	@touch $@
 
@@ -44,7 +44,7 @@ lint: setup  ## ruff
 	.venv/bin/ruff format --check .
 
 crds: setup  ## regenerate crds/*.yaml from the pydantic models
-	@echo "crds: arrives with the operator issue (CRDs generated from pydantic models)"
+	$(PY) -m kms_crds.generate
 
 bench: setup binaries  ## benchmarks (not part of make test)
 	@echo "bench: arrives with the benchmarks issue"

@@ -417,6 +417,7 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
                 "--endpoint-reconciler-type=none",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--client-ca-file={pki / 'ca.crt'}",
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
@@ -455,7 +456,7 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 # the controllers the product relies on, and nothing that expects a cloud or real nodes
-                "--controllers=deployment-controller,replicaset-controller,job-controller,cronjob-controller,"
+                "--controllers=node-lifecycle-controller,deployment-controller,replicaset-controller,job-controller,cronjob-controller,"
                 "garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,"
                 "ttl-after-finished-controller,namespace-controller,endpointslice-controller,"
                 "endpoints-controller,horizontal-pod-autoscaler-controller,disruption-controller,"
@@ -487,6 +488,7 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
             [
                 str(bins["kwok"]),
                 f"--kubeconfig={plane.dir / 'kwok.kubeconfig'}",
+                f"--config={HACK / 'kwok-stages.yaml'}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-ip=127.0.0.1",
@@ -502,10 +504,24 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
 
         def node_ready() -> bool:
             _, raw = api_get(state, pki, f"/api/v1/nodes/{NODE_NAME}")
-            conds = json.loads(raw).get("status", {}).get("conditions", [])
+            node = json.loads(raw)
+            conds = node.get("status", {}).get("conditions", [])
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
+        def node_schedulable() -> bool:
+            _, raw = api_get(state, pki, f"/api/v1/nodes/{NODE_NAME}")
+            taints = json.loads(raw).get("spec", {}).get("taints", [])
+            return not any(t.get("effect") in ("NoSchedule", "NoExecute") for t in taints)
+
         wait_for(f"node {NODE_NAME} Ready", node_ready, plane, state, timeout, "kwok")
+        wait_for(
+            f"node {NODE_NAME} untainted (node-lifecycle-controller)",
+            node_schedulable,
+            plane,
+            state,
+            timeout,
+            "kube-controller-manager",
+        )
         wait_for(
             "the default ServiceAccount (controller-manager working)",
             lambda: api_get(state, pki, "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,

@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv with /usr/bin/python3 (system site packages, for mapscript)"
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=.venv/.deps-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.deps-$( (cat pyproject.toml; ls -d */kms_*/ 2>/dev/null) | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   log "installing pinned Python dependencies"
   .venv/bin/python -m pip install -q --upgrade pip

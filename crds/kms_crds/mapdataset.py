@@ -1,0 +1,242 @@
+"""MapDataset: a raster or vector source, how it is styled and which OGC protocols serve it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta
+
+
+Keyword = Annotated[str, Field(min_length=1, max_length=100, pattern=SAFE_TEXT)]
+
+
+class DatasetType(StrEnum):
+    raster = "raster"
+    vector = "vector"
+
+
+class Protocol(StrEnum):
+    WMS = "WMS"
+    WCS = "WCS"
+    WFS = "WFS"
+
+
+class ColorRamp(StrEnum):
+    viridis = "viridis"
+    magma = "magma"
+    terrain = "terrain"
+    greys = "greys"
+    blues = "blues"
+    rdylbu = "rdylbu"
+
+
+class Variant(StrEnum):
+    RGB = "RGB"
+    Z = "Z"
+
+
+class Source(KModel):
+    """Where the data is: a path under the service's data volume, or a GDAL-readable URL."""
+
+    path: str | None = Field(
+        None,
+        description="Path relative to the data volume root, e.g. ocean/sst.tif. No '..', not absolute.",
+        max_length=1024,
+        pattern=r"^[^/\x00-\x1f\x7f\\][^\x00-\x1f\x7f\\]*$",
+    )
+    url: str | None = Field(
+        None,
+        description="An http(s) URL GDAL reads through /vsicurl/ (e.g. a Cloud Optimized GeoTIFF).",
+        max_length=2048,
+        pattern=r"^https?://[^\s\"'\\]+$",
+    )
+    layer: str | None = Field(
+        None,
+        description="For vector sources with several layers: the layer to serve.",
+        max_length=256,
+        pattern=SAFE_TEXT,
+    )
+
+
+class ValueRange(KModel):
+    min: float = Field(description="Value mapped to the first colour of the ramp.")
+    max: float = Field(description="Value mapped to the last colour of the ramp.")
+
+
+class VectorClass(KModel):
+    """One class of a vector layer: features whose `classItem` attribute equals `value`."""
+
+    name: str = Field(description="Legend label.", max_length=200, pattern=SAFE_TEXT)
+    value: str = Field(
+        description="Attribute value selecting the features of this class.", max_length=200, pattern=SAFE_TEXT
+    )
+    color: str = Field(description="Fill colour, #rrggbb.", pattern=r"^#[0-9a-fA-F]{6}$")
+
+
+class Style(KModel):
+    """How the dataset is drawn."""
+
+    color_ramp: ColorRamp | None = Field(None, description="Raster: colour ramp for single-band data.")
+    classes: int | None = Field(
+        None, ge=2, le=64, description="Raster: number of colour classes of the ramp."
+    )
+    min_classes: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Smallest number of classes accepted for this dataset (classes >= minClasses).",
+    )
+    range: ValueRange | None = Field(
+        None, description="Raster: data range of the ramp (default: the band's)."
+    )
+    bands: list[int] | None = Field(
+        None, min_length=1, max_length=3, description="Raster: band numbers to draw (3 for RGB), 1-based."
+    )
+    nodata: float | None = Field(None, description="Raster: value drawn transparent.")
+    opacity: int = Field(100, ge=0, le=100, description="Layer opacity in percent.")
+    color: str | None = Field(None, pattern=r"^#[0-9a-fA-F]{6}$", description="Vector: fill colour, #rrggbb.")
+    outline_color: str | None = Field(
+        None, pattern=r"^#[0-9a-fA-F]{6}$", description="Vector: outline colour."
+    )
+    class_item: str | None = Field(
+        None,
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Vector: attribute the classes select on.",
+    )
+    vector_classes: list[VectorClass] | None = Field(None, max_length=256, description="Vector: classes.")
+    min_scale_denom: float | None = Field(
+        None, ge=0, description="Hide the layer when zoomed out beyond this."
+    )
+    max_scale_denom: float | None = Field(
+        None, ge=0, description="Hide the layer when zoomed in beyond this."
+    )
+
+
+class MapDatasetSpec(KModel):
+    """A raster or vector source and how it is styled and served."""
+
+    type: DatasetType = Field(description="raster or vector.")
+    source: Source = Field(description="Where the data is.")
+    identifier: str = Field(
+        description="Stable public identifier, e.g. no.met:sst-2024-01. Also the OGC layer name (sanitised).",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+    )
+    title: str = Field(
+        description="Human title shown in capabilities.", min_length=1, max_length=500, pattern=SAFE_TEXT
+    )
+    abstract: str | None = Field(None, description="Longer description.", max_length=4000, pattern=SAFE_TEXT)
+    keywords: list[Keyword] | None = Field(
+        None, max_length=50, description="Keywords for search and capabilities."
+    )
+    projection: str | None = Field(
+        None,
+        pattern=r"^EPSG:[0-9]{4,6}$",
+        description="CRS of the data when the file does not say it, e.g. EPSG:4326.",
+    )
+    style: Style | None = Field(None, description="How the dataset is drawn.")
+    variant: Variant | None = Field(None, description="HySpex-style scene variant: RGB or Z (elevation).")
+    campaign: str | None = Field(
+        None, max_length=200, pattern=SAFE_TEXT, description="HySpex campaign the scene belongs to."
+    )
+    protocols: list[Protocol] = Field(
+        default=[Protocol.WMS],
+        min_length=1,
+        max_length=3,
+        description="OGC services that serve the dataset: WMS; WCS for rasters; WFS for vectors.",
+    )
+
+    model_config = KModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.source.path) != has(self.source.url)",
+                    "message": "source needs exactly one of path or url",
+                    "fieldPath": ".source",
+                },
+                {
+                    "rule": "!has(self.source.path) || !self.source.path.split('/').exists(p, p == '..')",
+                    "message": "source.path must stay inside the data volume (no '..' segments)",
+                    "fieldPath": ".source.path",
+                },
+                {
+                    "rule": "self.type == 'raster' || !self.protocols.exists(p, p == 'WCS')",
+                    "message": "WCS serves rasters only",
+                    "fieldPath": ".protocols",
+                },
+                {
+                    "rule": "self.type == 'vector' || !self.protocols.exists(p, p == 'WFS')",
+                    "message": "WFS serves vectors only",
+                    "fieldPath": ".protocols",
+                },
+                {
+                    "rule": "!has(self.style) || !has(self.style.classes) || self.style.classes >= self.style.minClasses",
+                    "message": "style.classes must be at least style.minClasses",
+                    "fieldPath": ".style.classes",
+                },
+                {
+                    "rule": "!has(self.style) || !has(self.style.range) || self.style.range.min < self.style.range.max",
+                    "message": "style.range.min must be below style.range.max",
+                    "fieldPath": ".style.range",
+                },
+            ]
+        }
+    }
+
+
+class Extent(KModel):
+    bbox: list[float] = Field(description="minx, miny, maxx, maxy in `crs`.", min_length=4, max_length=4)
+    crs: str = Field(description="CRS of the bbox, e.g. EPSG:4326.")
+
+
+class MapDatasetStatus(KModel):
+    conditions: list[Condition] | None = Field(None, description="Ready, Progressing, Degraded.")
+    observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
+    extent: Extent | None = Field(None, description="Extent read from the data, in its own CRS.")
+    wgs84_bbox: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="Extent in EPSG:4326: minlon, minlat, maxlon, maxlat."
+    )
+    geometry_type: str | None = Field(
+        None, description="Vector: POINT, LINE or POLYGON (read from the data)."
+    )
+    band_count: int | None = Field(None, description="Raster: number of bands.")
+    value_range: ValueRange | None = Field(None, description="Raster: min/max of band 1 (approximate).")
+    size: int | None = Field(None, description="Size of the source in bytes (local files).")
+    checksum: str | None = Field(None, description="sha256 of the source file, when known (MapJob rehash).")
+    served_by: list[str] | None = Field(None, description="MapServices that serve this dataset.")
+    layer_name: str | None = Field(None, description="OGC layer name of the dataset.")
+    url: str | None = Field(None, description="OGC endpoint (WMS) of the first service that serves it.")
+
+
+class MapDataset(Resource):
+    """A raster or vector source and how it is styled and served."""
+
+    spec: MapDatasetSpec
+    status: MapDatasetStatus | None = None
+
+    crd = ResourceMeta(
+        kind="MapDataset",
+        plural="mapdatasets",
+        singular="mapdataset",
+        short_names=["mds"],
+        printer_columns=[
+            PrinterColumn(name="Type", type="string", json_path=".spec.type"),
+            PrinterColumn(
+                name="Ready", type="string", json_path='.status.conditions[?(@.type=="Ready")].status'
+            ),
+            PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
+            PrinterColumn(name="URL", type="string", json_path=".status.url"),
+            PrinterColumn(name="Identifier", type="string", json_path=".spec.identifier", priority=1),
+            PrinterColumn(
+                name="Reason",
+                type="string",
+                json_path='.status.conditions[?(@.type=="Ready")].reason',
+                priority=1,
+            ),
+        ],
+    )

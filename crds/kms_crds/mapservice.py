@@ -1,0 +1,199 @@
+"""MapService: a MapServer deployment serving the MapDatasets its selector picks."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .common import (
+    DNS_LABEL,
+    SAFE_TEXT,
+    Condition,
+    KModel,
+    LabelSelector,
+    PrinterColumn,
+    Resource,
+    Resources,
+    ResourceMeta,
+)
+
+# Pinned upstream MapServer 8 image (Apache + mod_fcgid, listens on 8080 when not root).
+DEFAULT_IMAGE = "camptocamp/mapserver:8.4"
+
+
+class DataVolume(KModel):
+    """The volume holding the datasets' files, mounted read-only at /data."""
+
+    persistent_volume_claim: str = Field(
+        description="Name of the PVC with the data.", pattern=DNS_LABEL, max_length=253
+    )
+    sub_path: str | None = Field(
+        None,
+        description="Sub-directory of the volume to mount.",
+        max_length=1024,
+        pattern=r"^[^/\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+    )
+
+
+class Ingress(KModel):
+    """Expose the service through an Ingress (any controller: set its class)."""
+
+    class_name: str | None = Field(
+        None, description="IngressClass name, e.g. nginx or traefik.", max_length=253
+    )
+    host: str = Field(
+        description="Host name, e.g. maps.example.org.",
+        max_length=253,
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    )
+    path: str = Field(
+        "/", description="Path prefix, e.g. /ocean.", max_length=512, pattern=r"^/[A-Za-z0-9/._~-]*$"
+    )
+    tls_secret_name: str | None = Field(
+        None, description="Secret with the TLS certificate for host.", pattern=DNS_LABEL, max_length=253
+    )
+    annotations: dict[str, str] | None = Field(
+        None, description="Extra annotations for the Ingress controller."
+    )
+
+
+class Autoscaling(KModel):
+    """A HorizontalPodAutoscaler on CPU."""
+
+    min_replicas: int = Field(1, ge=1, le=1000, description="Lower bound of replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Upper bound of replicas.")
+    target_cpu_utilization: int = Field(70, ge=1, le=100, description="Target average CPU use in percent.")
+
+    model_config = KModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.minReplicas <= self.maxReplicas",
+                    "message": "autoscaling.minReplicas must not exceed maxReplicas",
+                }
+            ]
+        }
+    }
+
+
+class DisruptionBudget(KModel):
+    """A PodDisruptionBudget; set exactly one of minAvailable or maxUnavailable."""
+
+    min_available: int | None = Field(
+        None, ge=0, description="Pods that must stay up during voluntary disruption."
+    )
+    max_unavailable: int | None = Field(
+        None, ge=0, description="Pods that may be down during voluntary disruption."
+    )
+
+    model_config = KModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.minAvailable) != has(self.maxUnavailable)",
+                    "message": "podDisruptionBudget needs exactly one of minAvailable or maxUnavailable",
+                }
+            ]
+        }
+    }
+
+
+class MapServerSettings(KModel):
+    """Tuning of the MapServer processes."""
+
+    max_requests_per_process: int = Field(
+        1000, ge=1, description="Recycle a process after this many requests."
+    )
+    processes: int | None = Field(
+        None, ge=1, le=64, description="FastCGI processes per pod (default: derived from the CPU limit)."
+    )
+    debug_level: int = Field(0, ge=0, le=5, description="MS_DEBUGLEVEL: 0 off .. 5 verbose.")
+    max_size: int = Field(4096, ge=256, le=16384, description="Largest image side a request may ask for.")
+    online_resource: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://[^\s\"'\\]+$",
+        description="Public base URL written into capabilities (default: from the ingress).",
+    )
+
+
+class Probe(KModel):
+    initial_delay_seconds: int = Field(5, ge=0, description="Delay before the first probe.")
+    period_seconds: int = Field(10, ge=1, description="How often to probe.")
+    timeout_seconds: int = Field(5, ge=1, description="Probe timeout.")
+    failure_threshold: int = Field(3, ge=1, description="Failures before the probe fails.")
+
+
+class Probes(KModel):
+    """Readiness runs a real WMS GetCapabilities through MapServer; liveness checks the web server."""
+
+    readiness: Probe = Field(default_factory=Probe, description="Readiness probe timings.")
+    liveness: Probe = Field(
+        default_factory=lambda: Probe(initial_delay_seconds=15, period_seconds=20),
+        description="Liveness probe timings.",
+    )
+
+
+class MapServiceSpec(KModel):
+    """A MapServer deployment serving the MapDatasets its selector picks."""
+
+    dataset_selector: LabelSelector = Field(
+        default_factory=LabelSelector,
+        description="Label selector over MapDatasets in this namespace; empty selects all.",
+    )
+    title: str | None = Field(
+        None, max_length=500, pattern=SAFE_TEXT, description="Service title (capabilities)."
+    )
+    abstract: str | None = Field(None, max_length=4000, pattern=SAFE_TEXT, description="Service abstract.")
+    image: str = Field(DEFAULT_IMAGE, max_length=512, description="MapServer 8 image.")
+    image_pull_policy: str = Field(
+        "IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$", description="Pull policy of the image."
+    )
+    replicas: int = Field(1, ge=0, le=1000, description="Replicas (ignored when autoscaling is set).")
+    resources: Resources | None = Field(None, description="Requests/limits of the MapServer container.")
+    data: DataVolume | None = Field(None, description="Volume with the datasets' files (read-only at /data).")
+    ingress: Ingress | None = Field(None, description="Optional Ingress.")
+    autoscaling: Autoscaling | None = Field(None, description="Optional HorizontalPodAutoscaler.")
+    pod_disruption_budget: DisruptionBudget | None = Field(None, description="Optional PodDisruptionBudget.")
+    mapserver: MapServerSettings = Field(default_factory=MapServerSettings, description="MapServer settings.")
+    probes: Probes = Field(default_factory=Probes, description="Probe timings.")
+    extent: list[float] | None = Field(
+        None, min_length=4, max_length=4, description="Map extent in EPSG:4326 (default: union of datasets)."
+    )
+
+
+class MapServiceStatus(KModel):
+    conditions: list[Condition] | None = Field(None, description="Ready, Progressing, Degraded.")
+    observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
+    replicas: int | None = Field(None, description="Desired replicas.")
+    ready_replicas: int | None = Field(None, description="Replicas passing readiness.")
+    dataset_count: int | None = Field(None, description="Datasets in the mapfile.")
+    datasets: list[str] | None = Field(None, description="Names of the MapDatasets served.")
+    excluded: list[str] | None = Field(
+        None, description="Selected datasets left out (not Ready), with reasons."
+    )
+    mapfile_hash: str | None = Field(None, description="Content hash of the generated mapfile.")
+    config_map: str | None = Field(None, description="ConfigMap holding the mapfile.")
+    url: str | None = Field(None, description="WMS endpoint.")
+
+
+class MapService(Resource):
+    """A MapServer deployment serving the MapDatasets its selector picks."""
+
+    spec: MapServiceSpec
+    status: MapServiceStatus | None = None
+
+    crd = ResourceMeta(
+        kind="MapService",
+        plural="mapservices",
+        singular="mapservice",
+        short_names=["mss"],
+        printer_columns=[
+            PrinterColumn(
+                name="Ready", type="string", json_path='.status.conditions[?(@.type=="Ready")].status'
+            ),
+            PrinterColumn(name="Replicas", type="string", json_path=".status.readyReplicas"),
+            PrinterColumn(name="Datasets", type="integer", json_path=".status.datasetCount"),
+            PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
+            PrinterColumn(name="URL", type="string", json_path=".status.url", priority=1),
+        ],
+    )

@@ -9,7 +9,6 @@ from pydantic import Field
 
 from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta
 
-
 Keyword = Annotated[str, Field(min_length=1, max_length=100, pattern=SAFE_TEXT)]
 
 
@@ -175,12 +174,14 @@ class MapDatasetSpec(KModel):
                     "fieldPath": ".protocols",
                 },
                 {
-                    "rule": "!has(self.style) || !has(self.style.classes) || self.style.classes >= self.style.minClasses",
+                    "rule": "!has(self.style) || !has(self.style.classes)"
+                    " || self.style.classes >= self.style.minClasses",
                     "message": "style.classes must be at least style.minClasses",
                     "fieldPath": ".style.classes",
                 },
                 {
-                    "rule": "!has(self.style) || !has(self.style.range) || self.style.range.min < self.style.range.max",
+                    "rule": "!has(self.style) || !has(self.style.range)"
+                    " || self.style.range.min < self.style.range.max",
                     "message": "style.range.min must be below style.range.max",
                     "fieldPath": ".style.range",
                 },

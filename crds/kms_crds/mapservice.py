@@ -12,8 +12,8 @@ from .common import (
     LabelSelector,
     PrinterColumn,
     Resource,
-    Resources,
     ResourceMeta,
+    Resources,
 )
 
 # Pinned upstream MapServer 8 image (Apache + mod_fcgid, listens on 8080 when not root).

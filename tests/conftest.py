@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client, config
+
+from tests.helpers import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,3 +87,125 @@ def namespace(cluster: Cluster) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name, propagation_policy="Background")
+
+
+# ---------------------------------------------------------------------------------------------
+# the product under test: CRDs, sample data, the operator as a real process
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> list[str]:
+    """Install (or update) the generated CRDs and wait until they are Established."""
+    import yaml
+
+    ext = client.ApiextensionsV1Api(cluster.api)
+    names = []
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        name = body["metadata"]["name"]
+        names.append(name)
+        try:
+            live = ext.read_custom_resource_definition(name)
+            body["metadata"]["resourceVersion"] = live.metadata.resource_version
+            ext.replace_custom_resource_definition(name, body)
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+            ext.create_custom_resource_definition(body)
+    for name in names:
+        wait_until(
+            lambda n=name: any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(n).status.conditions or []
+            ),
+            f"CRD {name} Established",
+        )
+    return names
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The operator's view of the data volume, with the example datasets' files."""
+    root = tmp_path_factory.mktemp("data")
+    spec = importlib.util.spec_from_file_location("kms_sample_data", REPO / "hack" / "sample_data.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.write_samples(root)
+    return root
+
+
+class OperatorProcess:
+    """`python -m kms_operator` against the test cluster; restartable, killable."""
+
+    def __init__(self, kubeconfig: Path, data_root: Path, log_path: Path, **env: str):
+        self.kubeconfig, self.data_root, self.log_path, self.extra_env = kubeconfig, data_root, log_path, env
+        self.proc: subprocess.Popen | None = None
+        self.liveness_port = 0
+
+    def start(self) -> None:
+        self.liveness_port = cluster_mod.free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KMS_DATA_ROOT": str(self.data_root),
+            "KMS_METRICS_PORT": str(cluster_mod.free_port()),
+            "KMS_METRICS_ADDR": "127.0.0.1",
+            **self.extra_env,
+        }
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "python"),
+                "-m",
+                "kms_operator",
+                "--liveness",
+                f"http://127.0.0.1:{self.liveness_port}/healthz",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        wait_until(self.alive, "operator liveness endpoint", timeout=60)
+
+    def alive(self) -> bool:
+        import urllib.request
+
+        assert self.proc and self.proc.poll() is None, f"operator exited; log:\n{self.log_tail()}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+            return r.status == 200
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill)
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def operator_process(cluster: Cluster, crds, data_root: Path, tmp_path_factory) -> Iterator[OperatorProcess]:
+    """One operator for the session, watching all namespaces. Its watches are closed by the
+    apiserver every few seconds on purpose, so every test also exercises the reconnect."""
+    proc = OperatorProcess(
+        cluster.kubeconfig,
+        data_root,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        KMS_WATCH_SERVER_TIMEOUT="5",
+        KMS_DEBOUNCE_SECONDS="0.2",
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()

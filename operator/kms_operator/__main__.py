@@ -1,0 +1,46 @@
+"""`python -m kms_operator [--namespace NS ...] [--all-namespaces]`: run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+
+import kopf
+from prometheus_client import start_http_server
+
+from . import handlers  # noqa: F401  (registers the Kopf handlers)
+from .settings import Settings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="kms-operator", description="kube-mapserver operator")
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces")
+    p.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster (default)")
+    p.add_argument(
+        "--liveness",
+        default=os.environ.get("KMS_LIVENESS", "http://0.0.0.0:8080/healthz"),
+        help="Kopf liveness endpoint",
+    )
+    p.add_argument("--verbose", action="store_true")
+    a = p.parse_args()
+    logging.basicConfig(
+        level=logging.DEBUG if a.verbose else logging.INFO,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
+    )
+    settings = Settings()
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=os.environ.get("KMS_METRICS_ADDR", "0.0.0.0"))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not a.namespace,
+            namespaces=a.namespace,
+            liveness_endpoint=a.liveness or None,
+            standalone=True,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Kopf wiring only: every handler hands over to the level-based reconcilers in `reconcile`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kms_crds import GROUP, VERSION
+
+from .kube import ApiError, Kube
+from .labels import FINALIZER, MANAGED_BY
+from .reconcile import Operator, dataset_snapshot, service_snapshot
+from .settings import Settings
+
+log = logging.getLogger("kms_operator")
+OP: Operator | None = None
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def op(datasets: kopf.Index | None = None, services: kopf.Index | None = None) -> Operator:
+    """The operator state, bound to Kopf's (pre-populated) in-memory indexes."""
+    assert OP is not None, "startup handler did not run"
+    if datasets is not None:
+        OP.datasets = datasets
+    if services is not None:
+        OP.services = services
+    return OP
+
+
+def _retry(e: ApiError) -> kopf.TemporaryError | kopf.PermanentError:
+    if e.transient:
+        return kopf.TemporaryError(str(e), delay=5)
+    return kopf.PermanentError(str(e))
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global OP
+    s = Settings()
+    # A watch that silently dies leaves an operator deaf: bound every watch and request.
+    settings.watching.server_timeout = s.watch_server_timeout
+    settings.watching.client_timeout = s.watch_server_timeout + 30
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = s.request_timeout
+    settings.networking.connect_timeout = 10
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
+    settings.execution.max_workers = 8
+    OP = Operator(Kube.from_environment(timeout=s.request_timeout), s)
+    log.info("kube-mapserver operator configured: data root %s", s.data_root)
+
+
+# ------------------------------------------------------------------ indexes (pre-listed by Kopf)
+
+
+@kopf.index(GROUP, VERSION, "mapdatasets")
+def datasets(namespace: str, body: kopf.Body, **_: Any) -> dict:
+    return {namespace: dataset_snapshot(body)}
+
+
+@kopf.index(GROUP, VERSION, "mapservices")
+def services(namespace: str, body: kopf.Body, **_: Any) -> dict:
+    return {namespace: service_snapshot(body)}
+
+
+# ------------------------------------------------------------------ MapDataset
+
+
+@kopf.on.resume(GROUP, VERSION, "mapdatasets")
+@kopf.on.create(GROUP, VERSION, "mapdatasets")
+@kopf.on.update(GROUP, VERSION, "mapdatasets")
+async def dataset_changed(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
+    try:
+        await op(datasets, services).reconcile_dataset(body)
+    except ApiError as e:
+        raise _retry(e) from e
+
+
+@kopf.on.event(GROUP, VERSION, "mapdatasets")
+async def dataset_event(
+    type: str, body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any
+) -> None:
+    """Status changes (Ready flips) and deletions re-render the services that select the dataset."""
+    meta = body.get("metadata", {})
+    if meta.get("namespace"):
+        op(datasets, services).notify_services(
+            meta["namespace"], meta["name"], dict(meta.get("labels") or {})
+        )
+
+
+@kopf.on.delete(GROUP, VERSION, "mapdatasets")
+async def dataset_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
+    try:
+        await op(datasets, services).release_dataset(body)
+    except ApiError as e:
+        raise _retry(e) from e
+
+
+# ------------------------------------------------------------------ MapService
+
+
+@kopf.on.resume(GROUP, VERSION, "mapservices")
+@kopf.on.create(GROUP, VERSION, "mapservices")
+@kopf.on.update(GROUP, VERSION, "mapservices")
+async def service_changed(
+    namespace: str, name: str, datasets: kopf.Index, services: kopf.Index, **_: Any
+) -> None:
+    try:
+        await op(datasets, services).reconcile_service(namespace, name)
+    except ApiError as e:
+        raise _retry(e) from e
+
+
+@kopf.on.delete(GROUP, VERSION, "mapservices")
+async def service_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
+    try:
+        await op(datasets, services).release_service(body)
+    except ApiError as e:
+        raise _retry(e) from e
+
+
+# ------------------------------------------------------------------ children: drift repair, readiness
+
+
+def _child_event(namespace: str, labels: dict, datasets: kopf.Index, services: kopf.Index) -> None:
+    owner = labels.get("app.kubernetes.io/instance")
+    if owner and any(s["name"] == owner for s in services.get(namespace, [])):
+        op(datasets, services).service_queue.request((namespace, owner))
+
+
+for _resource in (
+    ("v1", "configmaps"),
+    ("v1", "services"),
+    ("apps", "v1", "deployments"),
+    ("networking.k8s.io", "v1", "ingresses"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+):
+
+    @kopf.on.event(*_resource, labels=MANAGED, id=f"child-{_resource[-1]}")
+    async def child_event(
+        namespace: str, labels: kopf.Labels, datasets: kopf.Index, services: kopf.Index, **_: Any
+    ) -> None:
+        _child_event(namespace, dict(labels), datasets, services)

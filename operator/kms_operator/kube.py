@@ -1,0 +1,197 @@
+"""Thin Kubernetes access for the operator: get/list/apply/delete by apiVersion+kind, status patches
+and Events. Server-side apply with one field manager; nothing is written when the live object
+already holds every desired field."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from kms_crds import GROUP, VERSION
+from kubernetes import client, config
+
+from .labels import FIELD_MANAGER
+from .metrics import API_WRITES
+
+log = logging.getLogger("kms_operator.kube")
+
+PLURALS = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Service"): "services",
+    ("v1", "Event"): "events",
+    ("apps/v1", "Deployment"): "deployments",
+    ("apps/v1", "ReplicaSet"): "replicasets",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    (f"{GROUP}/{VERSION}", "MapDataset"): "mapdatasets",
+    (f"{GROUP}/{VERSION}", "MapService"): "mapservices",
+    (f"{GROUP}/{VERSION}", "MapJob"): "mapjobs",
+}
+
+
+class ApiError(Exception):
+    """A failed API call; `transient` when retrying may help (5xx, 429, conflicts, timeouts)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.transient = status in (0, 409, 429) or status >= 500
+
+
+def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    ns = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{ns}/{PLURALS[(api_version, kind)]}"
+
+
+def is_subset(desired: Any, live: Any) -> bool:
+    """True when every field of `desired` is present with the same value in `live`."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and all(map(is_subset, desired, live))
+    if isinstance(desired, int | float) and not isinstance(desired, bool) and isinstance(live, int | float):
+        return float(desired) == float(live)
+    return desired == live
+
+
+@dataclass
+class Kube:
+    api: client.ApiClient
+    timeout: float = 30
+
+    @classmethod
+    def from_environment(cls, timeout: float = 30) -> Kube:
+        try:
+            config.load_incluster_config()
+            api = client.ApiClient()
+        except config.ConfigException:
+            api = config.new_client_from_config()
+        return cls(api, timeout)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, Any]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        # param_serialize adds the auth headers (bearer token / exec plugins) like generated calls do
+        _, url, headers, _, _ = self.api.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            resp = self.api.call_api(method, url, headers, body, _request_timeout=(5, self.timeout))
+        except Exception as e:  # connection refused, timeouts: the API may come back
+            raise ApiError(0, f"{method} {path}: {type(e).__name__}: {e}") from None
+        raw = resp.read() if hasattr(resp, "read") else resp.data
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            payload = raw
+        return resp.status, payload
+
+    def _ok(self, method: str, path: str, status: int, payload: Any) -> Any:
+        if status >= 400:
+            msg = payload.get("message") if isinstance(payload, dict) else str(payload)[:300]
+            raise ApiError(status, f"{method} {path}: {msg}")
+        return payload
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
+        path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
+        status, payload = self._call("GET", path)
+        return None if status == 404 else self._ok("GET", path, status, payload)
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str = ""
+    ) -> list[dict]:
+        path = collection_path(api_version, kind, namespace)
+        query = {"labelSelector": label_selector} if label_selector else None
+        status, payload = self._call("GET", path, query=query)
+        return self._ok("GET", path, status, payload).get("items", [])
+
+    def apply(self, obj: dict, live: dict | None = None, force: bool = True) -> tuple[bool, dict]:
+        """Server-side apply `obj` unless `live` (read if not given) already holds all of it."""
+        meta = obj["metadata"]
+        if live is None:
+            live = self.get(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        if live is not None and is_subset(obj, live):
+            return False, live
+        path = (
+            f"{collection_path(obj['apiVersion'], obj['kind'], meta.get('namespace'))}/{quote(meta['name'])}"
+        )
+        query = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        status, payload = self._call("PATCH", path, obj, query, "application/apply-patch+yaml")
+        API_WRITES.labels(verb="apply", kind=obj["kind"]).inc()
+        return True, self._ok("PATCH", path, status, payload)
+
+    def delete(
+        self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "Background"
+    ) -> bool:
+        path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
+        status, payload = self._call("DELETE", path, {"propagationPolicy": propagation})
+        API_WRITES.labels(verb="delete", kind=kind).inc()
+        if status == 404:
+            return False
+        self._ok("DELETE", path, status, payload)
+        return True
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status_patch: dict
+    ) -> dict:
+        """Merge-patch the status subresource."""
+        path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}/status"
+        status, payload = self._call(
+            "PATCH", path, {"status": status_patch}, None, "application/merge-patch+json"
+        )
+        API_WRITES.labels(verb="patch-status", kind=kind).inc()
+        return self._ok("PATCH", path, status, payload)
+
+    def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """Record a core/v1 Event on `obj` (best effort: an Event never fails a reconcile)."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "kube-mapserver-operator"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "reportingComponent": "kube-mapserver-operator",
+            "reportingInstance": "kube-mapserver-operator",
+        }
+        try:
+            status, payload = self._call("POST", collection_path("v1", "Event", meta["namespace"]), body)
+            API_WRITES.labels(verb="create", kind="Event").inc()
+            if status >= 400:
+                log.warning("could not record event %s on %s: %s", reason, meta["name"], payload)
+        except ApiError as e:
+            log.warning("could not record event %s on %s: %s", reason, meta["name"], e)
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

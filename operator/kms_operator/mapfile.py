@@ -1,0 +1,359 @@
+"""Dataset specs -> a MapServer 8 mapfile (pure; golden-tested). Every user string is escaped.
+
+The mapfile is written by a tiny block serializer instead of mappyfile/mapscript: both write some user
+strings unescaped. Here every string that can come from a user goes through `quote()`, numbers are
+formatted by Python and keywords come only from this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus, Style
+from kms_crds.mapservice import MapServiceSpec
+
+DATA_MOUNT = "/data"
+
+BASE_SRS = ("EPSG:4326", "EPSG:3857", "EPSG:3035", "EPSG:25832", "EPSG:25833", "EPSG:32633")
+DEFAULT_EXTENT = (-180.0, -90.0, 180.0, 90.0)
+DEFAULT_FILL = (51, 136, 255)  # #3388ff
+DEFAULT_OUTLINE = (64, 64, 64)
+DEFAULT_CLASSES = 8
+
+# Anchor colours of the ramps, evenly spaced; colours in between are interpolated linearly.
+RAMPS: dict[str, tuple[str, ...]] = {
+    "viridis": ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"),
+    "magma": ("#000004", "#3b0f70", "#8c2981", "#de4968", "#fe9f6d", "#fcfdbf"),
+    "terrain": ("#333399", "#0099ff", "#00cc66", "#ffff99", "#805c54", "#ffffff"),
+    "greys": ("#ffffff", "#000000"),
+    "blues": ("#f7fbff", "#c6dbef", "#6baed6", "#2171b5", "#08306b"),
+    "rdylbu": ("#a50026", "#f46d43", "#fee090", "#e0f3f8", "#74add1", "#313695"),
+}
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_EPSG = re.compile(r"^EPSG:([0-9]{4,6})$", re.IGNORECASE)
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """What the mapfile needs to know about one Ready dataset."""
+
+    name: str  # metadata.name of the MapDataset
+    spec: MapDatasetSpec
+    status: MapDatasetStatus  # inspection results: extent, wgs84_bbox, geometry_type, band_count, value_range
+
+
+# ---------------------------------------------------------------------------------------------- primitives
+
+
+def layer_name(identifier: str) -> str:
+    """The OGC layer name of a dataset identifier: [A-Za-z0-9_.-], starting with a letter or underscore."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", identifier)
+    return name if re.match(r"[A-Za-z_]", name) else "l_" + name
+
+
+def quote(value: str) -> str:
+    """A MapServer string literal: control characters become spaces, backslash and double quote escaped."""
+    text = _CONTROL.sub(" ", value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def mapfile_hash(text: str) -> str:
+    """Short content hash of a mapfile (first 10 hex digits of its sha256)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _num(x: float) -> str:
+    """A finite number as MapServer reads it (integral values without a fraction)."""
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"not a finite number: {x!r}")
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def _finite(values: Iterable[float] | None) -> bool:
+    return values is not None and all(math.isfinite(float(v)) for v in values)
+
+
+def _rgb(hex_color: str | None, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    if not hex_color or not _HEX.match(hex_color):
+        return default
+    return tuple(int(hex_color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def _color(rgb: tuple[int, int, int]) -> str:
+    return " ".join(str(int(c)) for c in rgb)
+
+
+def ramp_colors(ramp: str, n: int) -> list[tuple[int, int, int]]:
+    """`n` colours sampled evenly from a ramp, from its first to its last anchor."""
+    anchors = [_rgb(c, (0, 0, 0)) for c in RAMPS.get(ramp, RAMPS["viridis"])]
+    out = []
+    for i in range(n):
+        t = i / (n - 1) if n > 1 else 0.0
+        pos = t * (len(anchors) - 1)
+        k = min(int(pos), len(anchors) - 2)
+        f = pos - k
+        a, b = anchors[k], anchors[k + 1]
+        out.append(tuple(round(a[j] + (b[j] - a[j]) * f) for j in range(3)))
+    return out  # type: ignore[return-value]
+
+
+class _Writer:
+    """Lines of a mapfile with indentation; `block()` opens KEYWORD ... END."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def line(self, *parts: str) -> None:
+        self.lines.append("  " * self.depth + " ".join(parts))
+
+    @contextmanager
+    def block(self, *head: str) -> Iterator[None]:
+        self.line(*head)
+        self.depth += 1
+        yield
+        self.depth -= 1
+        self.line("END")
+
+    def metadata(self, items: Iterable[tuple[str, str]]) -> None:
+        with self.block("METADATA"):
+            for key, value in items:
+                self.line(quote(key), quote(value))
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+
+def _epsg(code: str | None) -> str | None:
+    """EPSG:NNNN (normalised) when `code` is one, else None."""
+    m = _EPSG.match(code or "")
+    return f"EPSG:{m.group(1)}" if m else None
+
+
+def _native_crs(ds: DatasetInput) -> str | None:
+    return _epsg(ds.spec.projection) or _epsg(ds.status.extent.crs if ds.status.extent else None)
+
+
+def _srs_list(extra: Iterable[str | None]) -> str:
+    more = sorted({c for c in extra if c and c not in BASE_SRS}, key=lambda c: int(c.split(":")[1]))
+    return " ".join([*BASE_SRS, *more])
+
+
+def _source(spec: MapDatasetSpec, data_root: str) -> str:
+    if spec.source.path:
+        return f"{data_root.rstrip('/')}/{spec.source.path}"
+    if spec.source.url:
+        return "/vsicurl/" + spec.source.url
+    raise ValueError(f"dataset {spec.identifier!r} has neither source.path nor source.url")
+
+
+def _value_range(style: Style, status: MapDatasetStatus) -> tuple[float, float]:
+    for r in (style.range, status.value_range):
+        if r is not None and _finite((r.min, r.max, r.max - r.min)):
+            lo, hi = float(r.min), float(r.max)
+            return (lo, hi) if hi > lo else (lo, lo + 1.0)
+    return 0.0, 255.0
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.12g}")
+
+
+def _raster(w: _Writer, ds: DatasetInput, style: Style, data_root: str) -> None:
+    w.line("TYPE RASTER")
+    w.line("DATA", quote(_source(ds.spec, data_root)))
+    bands = style.bands or []
+    if bands:
+        w.line("PROCESSING", quote("BANDS=" + ",".join(str(int(b)) for b in bands)))
+    if style.nodata is not None:
+        v = float(style.nodata)
+        w.line("PROCESSING", quote("NODATA=" + (_num(v) if math.isfinite(v) else repr(v))))
+    # A ramp applies when asked for, or by default to single-band data drawn without explicit bands.
+    if style.color_ramp or (not bands and ds.status.band_count == 1):
+        lo, hi = _value_range(style, ds.status)
+        n = max(1, min(int(style.classes or DEFAULT_CLASSES), 256))
+        edges = [_round(lo + (hi - lo) * i / n) for i in range(n)] + [hi]
+        for i, color in enumerate(ramp_colors(str(style.color_ramp or "viridis"), n)):
+            a, b = edges[i], edges[i + 1]
+            op = "<=" if i == n - 1 else "<"
+            with w.block("CLASS"):
+                w.line("NAME", quote(f"{a:g} - {b:g}"))
+                w.line(f"EXPRESSION ([pixel] >= {_num(a)} AND [pixel] {op} {_num(b)})")
+                with w.block("STYLE"):
+                    w.line("COLOR", _color(color))
+    elif style.range is not None or (len(bands) == 1 and ds.status.value_range is not None):
+        lo, hi = _value_range(style, ds.status)
+        w.line("PROCESSING", quote(f"SCALE={_num(lo)},{_num(hi)}"))
+
+
+def _vector(w: _Writer, ds: DatasetInput, style: Style, data_root: str) -> None:
+    geometry = (ds.status.geometry_type or "").upper()
+    kind = "POINT" if "POINT" in geometry else "LINE" if "LINE" in geometry else "POLYGON"
+    w.line("TYPE", kind)
+    w.line("CONNECTIONTYPE OGR")
+    w.line("CONNECTION", quote(_source(ds.spec, data_root)))
+    if ds.spec.source.layer:
+        w.line("DATA", quote(ds.spec.source.layer))
+    outline = _rgb(style.outline_color, DEFAULT_OUTLINE)
+
+    def draw(fill: tuple[int, int, int]) -> None:
+        with w.block("STYLE"):
+            if kind == "POINT":
+                w.line("SYMBOL", quote("circle"))
+                w.line("SIZE 8")
+            w.line("COLOR", _color(fill))
+            if kind == "LINE":
+                w.line("WIDTH 2")
+            else:
+                w.line("OUTLINECOLOR", _color(outline))
+                w.line("WIDTH 1")
+
+    if style.class_item and style.vector_classes:
+        w.line("CLASSITEM", quote(style.class_item))
+        for vc in style.vector_classes:
+            with w.block("CLASS"):
+                w.line("NAME", quote(vc.name))
+                w.line("EXPRESSION", quote(vc.value))
+                draw(_rgb(vc.color, DEFAULT_FILL))
+    else:
+        with w.block("CLASS"):
+            w.line("NAME", quote(ds.spec.title))
+            draw(_rgb(style.color, DEFAULT_FILL))
+
+
+def _layer(w: _Writer, ds: DatasetInput, data_root: str) -> None:
+    spec, status = ds.spec, ds.status
+    style = spec.style or Style()
+    protocols = {str(p) for p in spec.protocols}
+    native = _native_crs(ds)
+    raster = str(spec.type) == "raster"
+    with w.block("LAYER"):
+        w.line("NAME", quote(layer_name(spec.identifier)))
+        w.line("STATUS ON")
+        meta = [("wms_title", spec.title), ("ows_title", spec.title)]
+        if spec.abstract:
+            meta.append(("wms_abstract", spec.abstract))
+        if spec.keywords:
+            meta.append(("wms_keywordlist", ",".join(spec.keywords)))
+        meta.append(("ows_srs", _srs_list([native])))
+        for proto in ("WMS", "WCS", "WFS"):
+            meta.append((f"{proto.lower()}_enable_request", "*" if proto in protocols else "!*"))
+        if "WCS" in protocols:
+            meta += [("wcs_label", spec.title), ("wcs_rangeset_name", "bands")]
+        if not raster:
+            meta += [("gml_include_items", "all"), ("wfs_title", spec.title)]
+        meta.append(("kms_dataset", ds.name))
+        w.metadata(meta)
+        if native:
+            with w.block("PROJECTION"):
+                w.line(quote("init=" + native.lower()))
+        else:
+            w.line("PROJECTION AUTO END")
+        extent = status.extent
+        if extent and _finite(extent.bbox) and len(extent.bbox) == 4 and _epsg(extent.crs) == native:
+            w.line("EXTENT", *(_num(v) for v in extent.bbox))
+        scales = (("MINSCALEDENOM", style.min_scale_denom), ("MAXSCALEDENOM", style.max_scale_denom))
+        for keyword, denom in scales:
+            if denom is not None and _finite([denom]):
+                w.line(keyword, _num(denom))
+        if style.opacity < 100:
+            with w.block("COMPOSITE"):
+                w.line("OPACITY", str(max(0, int(style.opacity))))
+        w.line("TEMPLATE", quote("ttt"))
+        (_raster if raster else _vector)(w, ds, style, data_root)
+
+
+# ---------------------------------------------------------------------------------------------- map
+
+
+def _map_extent(spec: MapServiceSpec, datasets: list[DatasetInput]) -> tuple[float, ...]:
+    if spec.extent and len(spec.extent) == 4 and _finite(spec.extent):
+        return tuple(spec.extent)
+    boxes = [d.status.wgs84_bbox for d in datasets if d.status.wgs84_bbox and _finite(d.status.wgs84_bbox)]
+    if not boxes:
+        return DEFAULT_EXTENT
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def build_mapfile(
+    service_name: str, spec: MapServiceSpec, datasets: list[DatasetInput], *, data_root: str = DATA_MOUNT
+) -> str:
+    """The mapfile of a service: one LAYER per dataset, sorted by layer name. Deterministic."""
+    ordered = sorted(datasets, key=lambda d: (layer_name(d.spec.identifier), d.name))
+    title = spec.title or service_name
+    srs = _srs_list(_native_crs(d) for d in ordered)
+    w = _Writer()
+    with w.block("MAP"):
+        w.line("NAME", quote(service_name))
+        w.line("STATUS ON")
+        w.line("SIZE 256 256")
+        w.line("MAXSIZE", str(int(spec.mapserver.max_size)))
+        w.line("UNITS DD")
+        w.line("EXTENT", *(_num(v) for v in _map_extent(spec, ordered)))
+        with w.block("PROJECTION"):
+            w.line(quote("init=epsg:4326"))
+        w.line("IMAGETYPE", quote("png"))
+        for name, driver, mime, mode, ext in (
+            ("png", "AGG/PNG", "image/png", "RGBA", "png"),
+            ("jpeg", "AGG/JPEG", "image/jpeg", "RGB", "jpg"),
+        ):
+            with w.block("OUTPUTFORMAT"):
+                w.line("NAME", quote(name))
+                w.line("DRIVER", quote(driver))
+                w.line("MIMETYPE", quote(mime))
+                w.line("IMAGEMODE", mode)
+                w.line("EXTENSION", quote(ext))
+                if mode == "RGBA":
+                    w.line("TRANSPARENT ON")
+        with w.block("SYMBOL"):
+            w.line("NAME", quote("circle"))
+            w.line("TYPE ELLIPSE")
+            w.line("FILLED TRUE")
+            w.line("POINTS 1 1 END")
+        with w.block("WEB"):
+            meta = [("wms_title", title)]
+            if spec.abstract:
+                meta.append(("wms_abstract", spec.abstract))
+            meta += [("ows_enable_request", "*"), ("wms_srs", srs), ("ows_srs", srs)]
+            if spec.mapserver.online_resource:
+                meta += [
+                    ("wms_onlineresource", spec.mapserver.online_resource),
+                    ("ows_onlineresource", spec.mapserver.online_resource),
+                ]
+            meta += [
+                ("wms_feature_info_mime_type", "application/vnd.ogc.gml"),
+                ("wcs_label", title),
+                ("wfs_title", title),
+            ]
+            w.metadata(meta)
+        for ds in ordered:
+            _layer(w, ds, data_root)
+    return w.text()
+
+
+def build_config(service_name: str, mapfile_path: str = "/etc/mapserver/service.map") -> str:
+    """The MapServer 8 CONFIG file: environment and the one map the server may load."""
+    w = _Writer()
+    with w.block("CONFIG"):
+        with w.block("ENV"):
+            w.line("MS_MAP_NO_PATH", quote("1"))
+            w.line("MS_ERRORFILE", quote("stderr"))
+        with w.block("MAPS"):
+            w.line(quote(service_name), quote(mapfile_path))
+    return w.text()

@@ -1,0 +1,11 @@
+"""Prometheus metrics of the operator."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILES = Counter("kms_reconciles_total", "Reconciles run", ["kind", "result"])
+RECONCILE_SECONDS = Histogram("kms_reconcile_duration_seconds", "Reconcile duration", ["kind"])
+MAPFILE_RENDERS = Counter("kms_mapfile_renders_total", "Mapfiles rendered", ["namespace", "service"])
+API_WRITES = Counter("kms_api_writes_total", "Write requests sent to the API server", ["verb", "kind"])
+MANAGED = Gauge("kms_managed_objects", "Objects known to the operator", ["kind"])

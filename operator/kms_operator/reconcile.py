@@ -1,0 +1,457 @@
+"""Level-based reconcilers: read the whole desired state, apply it, write status. Every trigger
+(create, update, resume, child drift, dataset change) ends in one of these functions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from kms_crds import API_VERSION
+from kms_crds.common import LabelSelector
+from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus
+from kms_crds.mapservice import MapServiceSpec
+from pydantic import ValidationError
+
+from . import builders
+from .conditions import condition, get_condition, merge_conditions, status_changed
+from .inspect_source import InspectError, inspect_source
+from .kube import ApiError, Kube
+from .labels import labels
+from .mapfile import DatasetInput, build_config, build_mapfile, layer_name, mapfile_hash
+from .metrics import MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES
+from .settings import Settings
+
+log = logging.getLogger("kms_operator")
+Key = tuple[str, str]  # (namespace, name)
+PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
+
+
+def dataset_snapshot(body: Mapping) -> dict:
+    """What the operator keeps in memory about a MapDataset (the index value)."""
+    meta = body.get("metadata", {})
+    return {
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "generation": meta.get("generation"),
+        "labels": dict(meta.get("labels") or {}),
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def service_snapshot(body: Mapping) -> dict:
+    meta = body.get("metadata", {})
+    return {
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "spec": dict(body.get("spec") or {}),
+        "datasets": list((body.get("status") or {}).get("datasets") or []),
+    }
+
+
+def is_ready(snapshot: dict) -> bool:
+    ready = get_condition(snapshot["status"], "Ready")
+    return bool(
+        ready and ready.get("status") == "True" and ready.get("observedGeneration") == snapshot["generation"]
+    )
+
+
+def selector_of(service: dict) -> LabelSelector:
+    return LabelSelector.model_validate(service["spec"].get("datasetSelector") or {})
+
+
+class Debouncer:
+    """Coalesce bursts of requests per key into one run; rerun when asked again meanwhile;
+    retry failures with capped exponential backoff."""
+
+    def __init__(self, name: str, delay: float, run: Callable[[Key], Awaitable[None]], retries: int = 8):
+        self.name, self.delay, self.run, self.retries = name, delay, run, retries
+        self.tasks: dict[Key, asyncio.Task] = {}
+        self.dirty: set[Key] = set()
+
+    def request(self, key: Key) -> None:
+        self.dirty.add(key)
+        if key not in self.tasks:
+            self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(key))
+
+    async def _loop(self, key: Key) -> None:
+        try:
+            failures = 0
+            while key in self.dirty:
+                await asyncio.sleep(self.delay)
+                self.dirty.discard(key)
+                try:
+                    await self.run(key)
+                    failures = 0
+                except Exception as e:
+                    failures += 1
+                    log.warning("%s %s/%s failed (%d/%d): %s", self.name, *key, failures, self.retries, e)
+                    if failures >= self.retries:
+                        break
+                    self.dirty.add(key)
+                    await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+        finally:
+            self.tasks.pop(key, None)
+
+    async def idle(self, timeout: float = 30) -> None:
+        """Wait until no request is pending (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Operator:
+    """Shared state of the running operator: API access, settings, in-memory indexes, queues."""
+
+    kube: Kube
+    settings: Settings
+    datasets: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
+    services: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
+    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    inspections: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (uid, generation) -> result
+    pending_since: dict[Key, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        delay = self.settings.debounce_seconds
+        self.service_queue = Debouncer("service reconcile", delay, self._service_from_queue)
+        self.served_queue = Debouncer("dataset servedBy", delay, self._served_from_queue)
+
+    # ---------------------------------------------------------------- helpers
+
+    def lock(self, key: Key) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def datasets_in(self, namespace: str) -> list[dict]:
+        return list(self.datasets.get(namespace, []))
+
+    def services_in(self, namespace: str) -> list[dict]:
+        return list(self.services.get(namespace, []))
+
+    async def call(self, fn, *args, **kwargs):
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # ---------------------------------------------------------------- datasets
+
+    async def reconcile_dataset(self, body: Mapping) -> None:
+        """Validate and inspect the source; write Ready/Degraded, extent and servedBy; tell services."""
+        t0 = time.monotonic()
+        meta = body["metadata"]
+        ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+        old = dict(body.get("status") or {})
+        try:
+            spec = MapDatasetSpec.model_validate(dict(body["spec"]))
+        except ValidationError as e:
+            spec, problem = None, ("InvalidSpec", str(e).replace("\n", " ")[:800])
+        else:
+            problem = None
+        result = None
+        if spec is not None:
+            cache_key = (meta["uid"], gen)
+            if cache_key not in self.inspections:
+                try:
+                    insp = await self.call(inspect_source, spec, self.settings)
+                    self.inspections[cache_key] = ("ok", insp)
+                except InspectError as e:
+                    self.inspections[cache_key] = ("error", (e.reason, e.message))
+            kind, value = self.inspections[cache_key]
+            if kind == "ok":
+                result = value
+            else:
+                problem = value
+        status: dict = {"observedGeneration": gen}
+        if problem:
+            reason, message = problem
+            conds = [
+                condition("Ready", False, reason, message, gen),
+                condition("Degraded", True, reason, message, gen),
+            ]
+        else:
+            status.update(
+                MapDatasetStatus(
+                    extent=result.extent,
+                    wgs84_bbox=result.wgs84_bbox,
+                    geometry_type=result.geometry_type,
+                    band_count=result.band_count,
+                    value_range=result.value_range,
+                    size=result.size,
+                    layer_name=layer_name(spec.identifier),
+                ).wire()
+            )
+            conds = [
+                condition("Ready", True, "SourceValid", "source found and readable", gen),
+                condition("Degraded", False, "AsExpected", "", gen),
+            ]
+        status.update(self._served_status(ns, name, dict(meta.get("labels") or {}), ready=not problem))
+        status["conditions"] = merge_conditions(old.get("conditions"), conds)
+        if status_changed(old, status):
+            await self.call(self.kube.patch_status, API_VERSION, "MapDataset", ns, name, status)
+            was = get_condition(old, "Ready")
+            if problem and (not was or was.get("reason") != problem[0]):
+                await self.call(self.kube.event, _ref(body, "MapDataset"), "Warning", problem[0], problem[1])
+            elif not problem and (not was or was.get("status") != "True"):
+                await self.call(
+                    self.kube.event,
+                    _ref(body, "MapDataset"),
+                    "Normal",
+                    "SourceValid",
+                    "source found and readable",
+                )
+        self.notify_services(ns, name, dict(meta.get("labels") or {}))
+        RECONCILES.labels(kind="MapDataset", result="problem" if problem else "ok").inc()
+        RECONCILE_SECONDS.labels(kind="MapDataset").observe(time.monotonic() - t0)
+
+    def _served_status(self, ns: str, name: str, dataset_labels: dict, ready: bool) -> dict:
+        served = []
+        if ready:
+            served = sorted(
+                s["name"]
+                for s in self.services_in(ns)
+                if not s["deleting"] and selector_of(s).matches(dataset_labels)
+            )
+        out: dict = {"servedBy": served}
+        if served:
+            svc = next(s for s in self.services_in(ns) if s["name"] == served[0])
+            spec = MapServiceSpec.model_validate(svc["spec"])
+            out["url"] = builders.service_url(served[0], ns, spec) + "?SERVICE=WMS&REQUEST=GetCapabilities"
+        else:
+            out["url"] = None
+        return out
+
+    async def _served_from_queue(self, key: Key) -> None:
+        ns, name = key
+        snap = next((d for d in self.datasets_in(ns) if d["name"] == name), None)
+        if snap is None or snap["deleting"]:
+            return
+        want = self._served_status(ns, name, snap["labels"], ready=is_ready(snap))
+        have = {"servedBy": snap["status"].get("servedBy") or [], "url": snap["status"].get("url")}
+        if want != have:
+            await self.call(self.kube.patch_status, API_VERSION, "MapDataset", ns, name, want)
+
+    def notify_services(self, ns: str, dataset: str, dataset_labels: dict) -> None:
+        """Queue a re-render of the services that select this dataset now or served it before."""
+        for s in self.services_in(ns):
+            if dataset in s["datasets"] or selector_of(s).matches(dataset_labels):
+                self.service_queue.request((ns, s["name"]))
+
+    async def release_dataset(self, body: Mapping) -> None:
+        """Finalizer: take the dataset out of every service that serves it, then let it go."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        for s in self.services_in(ns):
+            if name in s["datasets"] or selector_of(s).matches(dict(meta.get("labels") or {})):
+                await self.reconcile_service(ns, s["name"], exclude={name})
+
+    # ---------------------------------------------------------------- services
+
+    async def _service_from_queue(self, key: Key) -> None:
+        await self.reconcile_service(*key)
+
+    async def reconcile_service(self, ns: str, name: str, exclude: set[str] | None = None) -> None:
+        async with self.lock((ns, name)):
+            t0 = time.monotonic()
+            body = await self.call(self.kube.get, API_VERSION, "MapService", ns, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                await self._reconcile_service(body, exclude or set())
+                RECONCILES.labels(kind="MapService", result="ok").inc()
+            except Exception:
+                RECONCILES.labels(kind="MapService", result="error").inc()
+                raise
+            finally:
+                RECONCILE_SECONDS.labels(kind="MapService").observe(time.monotonic() - t0)
+
+    def _select(
+        self, ns: str, spec: MapServiceSpec, exclude: set[str]
+    ) -> tuple[list[DatasetInput], list[str], list[str]]:
+        """(included, excluded with reasons, pending: selected but not inspected yet)."""
+        included: list[DatasetInput] = []
+        excluded: list[str] = []
+        pending: list[str] = []
+        seen_layers: dict[str, str] = {}
+        for d in sorted(self.datasets_in(ns), key=lambda d: d["name"]):
+            if d["deleting"] or d["name"] in exclude or not spec.dataset_selector.matches(d["labels"]):
+                continue
+            if not is_ready(d):
+                ready = get_condition(d["status"], "Ready")
+                if not ready or ready.get("observedGeneration") != d["generation"]:
+                    pending.append(d["name"])
+                    continue
+                excluded.append(f"{d['name']} ({ready.get('reason') if ready else 'NotInspected'})")
+                continue
+            try:
+                ds_spec = MapDatasetSpec.model_validate(d["spec"])
+                ds_status = MapDatasetStatus.model_validate(d["status"])
+            except ValidationError:
+                excluded.append(f"{d['name']} (InvalidSpec)")
+                continue
+            layer = layer_name(ds_spec.identifier)
+            if layer in seen_layers:
+                excluded.append(f"{d['name']} (DuplicateLayerName with {seen_layers[layer]})")
+                continue
+            seen_layers[layer] = d["name"]
+            included.append(DatasetInput(name=d["name"], spec=ds_spec, status=ds_status))
+        return included, excluded, pending
+
+    async def _reconcile_service(self, body: dict, exclude: set[str]) -> None:
+        meta = body["metadata"]
+        ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+        old_status = dict(body.get("status") or {})
+        ref = _ref(body, "MapService")
+        spec = MapServiceSpec.model_validate(body["spec"])
+        owner = builders.Owner(name, ns, meta["uid"])
+
+        datasets, excluded, pending = self._select(ns, spec, exclude)
+        if pending:
+            # Datasets being inspected right now: wait for them (bounded) rather than roll out twice.
+            first = self.pending_since.setdefault((ns, name), time.monotonic())
+            if time.monotonic() - first < PENDING_GRACE:
+                self.service_queue.request((ns, name))
+                return
+            excluded += [f"{p} (NotInspected)" for p in pending]
+        self.pending_since.pop((ns, name), None)
+        mapfile = build_mapfile(name, spec, datasets)
+        config = build_config(name, f"{builders.CONFIG_DIR}/{builders.MAPFILE}")
+        digest = mapfile_hash(mapfile + config + builders.CHECK_SH)
+        children = builders.build_children(owner, spec, mapfile, config, digest)
+
+        live_deploy = await self.call(self.kube.get, "apps/v1", "Deployment", ns, name)
+        created_cm, _ = await self.call(self.kube.apply, children["configmap"])
+        if created_cm:
+            MAPFILE_RENDERS.labels(namespace=ns, service=name).inc()
+            await self.call(
+                self.kube.event,
+                ref,
+                "Normal",
+                "MapfileUpdated",
+                f"mapfile {digest} with {len(datasets)} layers",
+            )
+        changed, deploy = await self.call(self.kube.apply, children["deployment"], live_deploy)
+        if changed and live_deploy is not None:
+            await self.call(
+                self.kube.event, ref, "Normal", "DeploymentUpdated", "MapServer deployment updated"
+            )
+        await self.call(self.kube.apply, children["service"])
+        for api_version, kind, _ in builders.OPTIONAL_KINDS:
+            desired = children[kind]
+            if desired is not None:
+                await self.call(self.kube.apply, desired)
+            elif await self.call(self.kube.get, api_version, kind, ns, name) is not None:
+                await self.call(self.kube.delete, api_version, kind, ns, name)
+                await self.call(
+                    self.kube.event, ref, "Normal", "Removed", f"{kind} removed (no longer in spec)"
+                )
+        await self._prune_configmaps(ns, name, keep=children["configmap"]["metadata"]["name"])
+
+        # status
+        dstatus = deploy.get("status") or {}
+        want_replicas = (deploy.get("spec") or {}).get("replicas", spec.replicas)
+        ready_replicas = dstatus.get("readyReplicas", 0)
+        rolled = (
+            dstatus.get("observedGeneration", 0) >= deploy["metadata"].get("generation", 0)
+            and dstatus.get("updatedReplicas", 0) >= want_replicas
+            and ready_replicas >= want_replicas
+            and dstatus.get("replicas", 0) == want_replicas
+        )
+        conds = [
+            condition(
+                "Ready",
+                rolled,
+                "Available" if rolled else "RolloutInProgress",
+                f"{ready_replicas}/{want_replicas} replicas ready, {len(datasets)} datasets served",
+                gen,
+            ),
+            condition("Progressing", not rolled, "RollingOut" if not rolled else "RolloutComplete", "", gen),
+            condition(
+                "Degraded",
+                bool(excluded),
+                "DatasetsExcluded" if excluded else "AsExpected",
+                ("left out: " + ", ".join(excluded))[:1000] if excluded else "",
+                gen,
+            ),
+        ]
+        status = {
+            "observedGeneration": gen,
+            "replicas": want_replicas,
+            "readyReplicas": ready_replicas,
+            "datasetCount": len(datasets),
+            "datasets": [d.name for d in datasets],
+            "excluded": excluded,
+            "mapfileHash": digest,
+            "configMap": children["configmap"]["metadata"]["name"],
+            "url": builders.service_url(name, ns, spec),
+        }
+        status["conditions"] = merge_conditions(old_status.get("conditions"), conds)
+        if status_changed(old_status, status):
+            await self.call(self.kube.patch_status, API_VERSION, "MapService", ns, name, status)
+            if excluded and excluded != old_status.get("excluded"):
+                await self.call(
+                    self.kube.event, ref, "Warning", "DatasetsExcluded", status["conditions"][2]["message"]
+                )
+            was = get_condition(old_status, "Ready")
+            if rolled and (not was or was.get("status") != "True"):
+                await self.call(self.kube.event, ref, "Normal", "Ready", conds[0]["message"])
+        # datasets whose servedBy changes because of this service
+        before = set(old_status.get("datasets") or [])
+        for d in self.datasets_in(ns):
+            if d["name"] in before or spec.dataset_selector.matches(d["labels"]):
+                self.served_queue.request((ns, d["name"]))
+
+    async def _prune_configmaps(self, ns: str, name: str, keep: str) -> None:
+        """Delete mapfile ConfigMaps no pod can need any more: not the current one, and not one a
+        ReplicaSet with pods still mounts (a stuck rollout keeps the old pods serving)."""
+        selector = ",".join(f"{k}={v}" for k, v in labels(name, "mapfile").items())
+        stale = [
+            cm["metadata"]["name"]
+            for cm in await self.call(self.kube.list, "v1", "ConfigMap", ns, selector)
+            if cm["metadata"]["name"] != keep
+        ]
+        if not stale:
+            return
+        in_use = set()
+        rs_selector = ",".join(f"{k}={v}" for k, v in builders.selector(name).items())
+        for rs in await self.call(self.kube.list, "apps/v1", "ReplicaSet", ns, rs_selector):
+            if (rs.get("spec") or {}).get("replicas", 0) or (rs.get("status") or {}).get("replicas", 0):
+                for v in rs["spec"]["template"]["spec"].get("volumes") or []:
+                    if v.get("configMap"):
+                        in_use.add(v["configMap"]["name"])
+        for cm_name in stale:
+            if cm_name not in in_use:
+                await self.call(self.kube.delete, "v1", "ConfigMap", ns, cm_name)
+
+    async def release_service(self, body: Mapping) -> None:
+        """Finalizer: delete every child, check none is left, then let the MapService go."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        async with self.lock((ns, name)):
+            selector = (
+                f"app.kubernetes.io/instance={name},app.kubernetes.io/managed-by=kube-mapserver-operator"
+            )
+            kinds = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service")] + [
+                (a, k) for a, k, _ in builders.OPTIONAL_KINDS
+            ]
+            for api_version, kind in kinds:
+                for child in await self.call(self.kube.list, api_version, kind, ns, selector):
+                    await self.call(self.kube.delete, api_version, kind, ns, child["metadata"]["name"])
+            for api_version, kind in kinds:
+                left = await self.call(self.kube.list, api_version, kind, ns, selector)
+                if any(not c["metadata"].get("deletionTimestamp") for c in left):
+                    raise ApiError(409, f"{kind} children of {name} still present")
+        for d in self.datasets_in(ns):
+            if name in (d["status"].get("servedBy") or []):
+                self.served_queue.request((ns, d["name"]))
+
+
+def _ref(body: Mapping, kind: str) -> dict:
+    meta = body["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+    }

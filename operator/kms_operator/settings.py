@@ -1,0 +1,26 @@
+"""Operator settings from the environment (defaults < environment)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _list(name: str) -> list[str]:
+    return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_root: Path = field(default_factory=lambda: Path(os.environ.get("KMS_DATA_ROOT", "/data")))
+    allowed_roots: list[str] = field(default_factory=lambda: _list("KMS_ALLOWED_DATA_ROOTS"))
+    allowed_url_hosts: list[str] = field(default_factory=lambda: _list("KMS_ALLOWED_URL_HOSTS"))
+    watch_server_timeout: int = field(
+        default_factory=lambda: int(os.environ.get("KMS_WATCH_SERVER_TIMEOUT", "300"))
+    )
+    request_timeout: int = field(default_factory=lambda: int(os.environ.get("KMS_REQUEST_TIMEOUT", "30")))
+    debounce_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("KMS_DEBOUNCE_SECONDS", "0.3"))
+    )
+    metrics_port: int = field(default_factory=lambda: int(os.environ.get("KMS_METRICS_PORT", "9090")))

@@ -19,9 +19,10 @@ import yaml
 from . import GROUP, VERSION
 from .common import Resource
 from .mapdataset import MapDataset
+from .mapjob import MapJob
 from .mapservice import MapService
 
-RESOURCES: list[type[Resource]] = [MapDataset, MapService]
+RESOURCES: list[type[Resource]] = [MapDataset, MapService, MapJob]
 OUT = Path(__file__).resolve().parent.parent
 
 _KEEP = {

@@ -56,7 +56,9 @@ def is_subset(desired: Any, live: Any) -> bool:
         return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
     if isinstance(desired, list):
         return isinstance(live, list) and len(desired) == len(live) and all(map(is_subset, desired, live))
-    if isinstance(desired, int | float) and not isinstance(desired, bool) and isinstance(live, int | float):
+    if isinstance(desired, bool) or isinstance(live, bool):
+        return desired is live
+    if isinstance(desired, int | float) and isinstance(live, int | float):
         return float(desired) == float(live)
     return desired == live
 

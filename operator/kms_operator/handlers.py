@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import kopf
+
 from kms_crds import GROUP, VERSION
 
 from .kube import ApiError, Kube

@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from kms_crds import GROUP, VERSION
 from kubernetes import client, config
+
+from kms_crds import GROUP, VERSION
 
 from .labels import FIELD_MANAGER
 from .metrics import API_WRITES

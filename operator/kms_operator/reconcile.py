@@ -9,11 +9,12 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from kms_crds import API_VERSION
 from kms_crds.common import LabelSelector
 from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus
 from kms_crds.mapservice import MapServiceSpec
-from pydantic import ValidationError
 
 from . import builders
 from .conditions import condition, get_condition, merge_conditions, status_changed

@@ -209,3 +209,31 @@ def operator_process(cluster: Cluster, crds, data_root: Path, tmp_path_factory) 
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def local_runner(cluster: Cluster, tmp_path_factory) -> Iterator[subprocess.Popen]:
+    """hack/local_runner.py: runs job pods' commands on this machine (the plane's kubelet is fake)."""
+    if not cluster.local:
+        pytest.skip("job pods run for real on a real cluster")
+    log_path = tmp_path_factory.mktemp("runner") / "local-runner.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "python"),
+                str(REPO / "hack" / "local_runner.py"),
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -7,11 +7,18 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta, Resources
 
 DEFAULT_JOB_IMAGE = "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
+
+
+def _no_dotdot(path: str) -> str:
+    if ".." in path.split("/"):
+        raise ValueError("path must stay inside the data volume (no '..' segments)")
+    return path
+
 
 DataPath = Annotated[
     str,
@@ -20,7 +27,16 @@ DataPath = Annotated[
         max_length=1024,
         pattern=r"^[^/\x00-\x1f\x7f\\][^\x00-\x1f\x7f\\]*$",
         description="Path relative to the data volume root; no '..' segments.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!self.split('/').exists(s, s == '..')",
+                    "message": "path must stay inside the data volume (no '..' segments)",
+                }
+            ]
+        },
     ),
+    AfterValidator(_no_dotdot),
 ]
 DatasetName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 
@@ -71,7 +87,7 @@ class CogConvert(KModel):
 class MergeTerrain(KModel):
     """Merge terrain tiles into one raster covering their union."""
 
-    inputs: list[DataPath] = Field(min_length=1, max_length=1000, description="Tiles to merge.")
+    inputs: list[DataPath] = Field(min_length=1, max_length=256, description="Tiles to merge (at most 256).")
     output: DataPath = Field(description="Merged raster to write.")
     nodata: float | None = Field(None, description="Nodata value of the output (default: the inputs').")
 

@@ -125,6 +125,39 @@ async def service_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.
         raise _retry(e) from e
 
 
+# ------------------------------------------------------------------ MapJob
+
+
+@kopf.on.resume(GROUP, VERSION, "mapjobs")
+@kopf.on.create(GROUP, VERSION, "mapjobs")
+@kopf.on.update(GROUP, VERSION, "mapjobs")
+async def mapjob_changed(
+    namespace: str, name: str, datasets: kopf.Index, services: kopf.Index, **_: Any
+) -> None:
+    try:
+        await op(datasets, services).mapjobs.reconcile(namespace, name)
+    except ApiError as e:
+        raise _retry(e) from e
+
+
+@kopf.on.delete(GROUP, VERSION, "mapjobs")
+async def mapjob_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
+    try:
+        await op(datasets, services).mapjobs.release(body)
+    except ApiError as e:
+        raise _retry(e) from e
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, "app.kubernetes.io/component": "job"})
+async def job_event(
+    namespace: str, labels: kopf.Labels, datasets: kopf.Index, services: kopf.Index, **_: Any
+) -> None:
+    """Job progress (pods started, completed, failed) is mirrored into the MapJob's status."""
+    owner = labels.get("app.kubernetes.io/instance")
+    if owner:
+        op(datasets, services).job_queue.request((namespace, owner))
+
+
 # ------------------------------------------------------------------ children: drift repair, readiness
 
 

@@ -27,6 +27,8 @@ PLURALS = {
     ("v1", "Event"): "events",
     ("apps/v1", "Deployment"): "deployments",
     ("apps/v1", "ReplicaSet"): "replicasets",
+    ("batch/v1", "Job"): "jobs",
+    ("v1", "Pod"): "pods",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
@@ -125,7 +127,13 @@ class Kube:
         status, payload = self._call("GET", path, query=query)
         return self._ok("GET", path, status, payload).get("items", [])
 
-    def apply(self, obj: dict, live: dict | None = None, force: bool = True) -> tuple[bool, dict]:
+    def apply_as(self, obj: dict, field_manager: str) -> tuple[bool, dict]:
+        """Server-side apply under another field manager (objects we create but do not own)."""
+        return self.apply(obj, field_manager=field_manager)
+
+    def apply(
+        self, obj: dict, live: dict | None = None, force: bool = True, field_manager: str = FIELD_MANAGER
+    ) -> tuple[bool, dict]:
         """Server-side apply `obj` unless `live` (read if not given) already holds all of it."""
         meta = obj["metadata"]
         if live is None:
@@ -135,7 +143,7 @@ class Kube:
         path = (
             f"{collection_path(obj['apiVersion'], obj['kind'], meta.get('namespace'))}/{quote(meta['name'])}"
         )
-        query = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        query = {"fieldManager": field_manager, "force": "true" if force else "false"}
         status, payload = self._call("PATCH", path, obj, query, "application/apply-patch+yaml")
         API_WRITES.labels(verb="apply", kind=obj["kind"]).inc()
         return True, self._ok("PATCH", path, status, payload)

@@ -9,3 +9,4 @@ RECONCILE_SECONDS = Histogram("kms_reconcile_duration_seconds", "Reconcile durat
 MAPFILE_RENDERS = Counter("kms_mapfile_renders_total", "Mapfiles rendered", ["namespace", "service"])
 API_WRITES = Counter("kms_api_writes_total", "Write requests sent to the API server", ["verb", "kind"])
 MANAGED = Gauge("kms_managed_objects", "Objects known to the operator", ["kind"])
+JOB_PHASES = Counter("kms_mapjob_phase_transitions_total", "MapJob phase changes", ["type", "phase"])

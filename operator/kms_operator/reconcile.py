@@ -114,7 +114,7 @@ class Operator:
     settings: Settings
     datasets: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
     services: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
-    locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    locks: dict[tuple, asyncio.Lock] = field(default_factory=dict)
     inspections: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (uid, generation) -> result
     pending_since: dict[Key, float] = field(default_factory=dict)
 
@@ -122,10 +122,14 @@ class Operator:
         delay = self.settings.debounce_seconds
         self.service_queue = Debouncer("service reconcile", delay, self._service_from_queue)
         self.served_queue = Debouncer("dataset servedBy", delay, self._served_from_queue)
+        from .mapjobs import MapJobs
+
+        self.mapjobs = MapJobs(self)
+        self.job_queue = Debouncer("mapjob reconcile", delay, lambda key: self.mapjobs.reconcile(*key))
 
     # ---------------------------------------------------------------- helpers
 
-    def lock(self, key: Key) -> asyncio.Lock:
+    def lock(self, key: tuple) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
 
     def datasets_in(self, namespace: str) -> list[dict]:

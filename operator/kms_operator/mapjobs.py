@@ -1,0 +1,346 @@
+"""MapJob reconciler: one Kubernetes Job per MapJob, its progress mirrored into the MapJob status
+from Job watch events, the runner's result read from the pod's termination message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from kms_crds import API_VERSION
+from kms_crds.mapjob import MapJobSpec
+
+from .conditions import condition, merge_conditions, status_changed
+from .kube import now_rfc3339
+from .mapjob_builder import build_job, job_name
+from .metrics import JOB_PHASES
+
+log = logging.getLogger("kms_operator.jobs")
+TERMINAL = {"Succeeded", "Failed", "Cancelled"}
+FILE_JOBS = {"nc-to-geotiff", "cog-convert", "merge-terrain"}
+JOB_FIELD_MANAGER = "kube-mapserver-jobs"
+
+
+class JobInputError(Exception):
+    """The MapJob refers to something that does not exist or cannot be processed."""
+
+
+def _dataset(op, ns: str, name: str) -> dict:
+    for d in op.datasets_in(ns):
+        if d["name"] == name and not d["deleting"]:
+            return d
+    raise JobInputError(f"MapDataset {name!r} not found in namespace {ns}")
+
+
+def _path_of(d: dict) -> str:
+    path = (d["spec"].get("source") or {}).get("path")
+    if not path:
+        raise JobInputError(f"MapDataset {d['name']!r} has no source.path (URL sources cannot be processed)")
+    return path
+
+
+def resolve_params(op, ns: str, spec: MapJobSpec) -> dict:
+    """The runner's --params-json: the type's block, with dataset names resolved to their files."""
+    p = spec.params
+    if spec.type in FILE_JOBS or (spec.type == "rehash" and p.path_prefix):
+        return p.wire()
+    if spec.type == "rehash":
+        return {"paths": {n: _path_of(_dataset(op, ns, n)) for n in p.datasets}}
+    if spec.type == "repair-metadata":
+        return {"paths": {n: _path_of(_dataset(op, ns, n)) for n in p.datasets}}
+    if spec.type == "inspect":
+        return {"paths": {p.dataset: _path_of(_dataset(op, ns, p.dataset))}}
+    if spec.type == "hyspex-variants":
+        members = [
+            {
+                "name": d["name"],
+                "identifier": d["spec"].get("identifier"),
+                "variant": d["spec"].get("variant"),
+                "path": (d["spec"].get("source") or {}).get("path"),
+            }
+            for d in sorted(op.datasets_in(ns), key=lambda d: d["name"])
+            if d["spec"].get("campaign") == p.campaign and not d["deleting"]
+        ]
+        if not members:
+            raise JobInputError(f"no MapDataset belongs to campaign {p.campaign!r}")
+        return {"campaign": p.campaign, "datasets": members}
+    raise JobInputError(f"unknown job type {spec.type}")
+
+
+def termination_result(pods: list[dict]) -> dict | None:
+    """The runner's JSON result from the newest terminated pod's termination message."""
+    best = None
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if term:
+                key = term.get("finishedAt") or ""
+                if best is None or key >= best[0]:
+                    best = (key, term)
+    if not best:
+        return None
+    message = (best[1].get("message") or "").strip()
+    try:
+        value = json.loads(message)
+        return value if isinstance(value, dict) else {"message": message[:1000]}
+    except ValueError:
+        return {"message": message[-1000:]} if message else None
+
+
+def _duration(start: str | None, end: str | None) -> str | None:
+    if not start or not end:
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    secs = int((datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds())
+    return f"{secs // 60}m{secs % 60}s" if secs >= 60 else f"{secs}s"
+
+
+def _dns_name(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:253] or "dataset"
+
+
+class MapJobs:
+    """The MapJob half of the operator (shares the Operator's API client and indexes)."""
+
+    def __init__(self, op):
+        self.op = op
+
+    async def reconcile(self, ns: str, name: str) -> None:
+        op = self.op
+        async with op.lock(("MapJob", ns, name)):
+            body = await op.call(op.kube.get, API_VERSION, "MapJob", ns, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            await self._reconcile(body)
+
+    async def _reconcile(self, body: dict) -> None:
+        op = self.op
+        meta = body["metadata"]
+        ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+        old = dict(body.get("status") or {})
+        phase = old.get("phase")
+        try:
+            spec = MapJobSpec.model_validate(body["spec"])
+        except ValidationError as e:
+            await self._write(body, old, {"phase": "Failed", "message": f"invalid spec: {e}"[:1000]}, gen)
+            return
+        jname = job_name(name)
+        if phase in TERMINAL:
+            if spec.cancel and phase != "Cancelled" and old.get("observedGeneration") != gen:
+                await self._write(
+                    body,
+                    old,
+                    {"message": f"job already {phase}; it cannot be cancelled"},
+                    gen,
+                    event=("Warning", "CancelIgnored"),
+                )
+            return
+        job = await op.call(op.kube.get, "batch/v1", "Job", ns, jname)
+        if spec.cancel:
+            await self._delete_job(ns, name)
+            await self._write(
+                body,
+                old,
+                {"phase": "Cancelled", "message": "cancelled (spec.cancel)", "completionTime": now_rfc3339()},
+                gen,
+            )
+            return
+        if job is None:
+            if old.get("jobName"):
+                await self._write(
+                    body,
+                    old,
+                    {
+                        "phase": "Failed",
+                        "message": "the Job was deleted before it finished",
+                        "completionTime": now_rfc3339(),
+                    },
+                    gen,
+                )
+                return
+            try:
+                params = resolve_params(op, ns, spec)
+            except JobInputError as e:
+                await self._write(
+                    body, old, {"phase": "Failed", "message": str(e), "completionTime": now_rfc3339()}, gen
+                )
+                return
+            await op.call(op.kube.apply, build_job(name, ns, meta["uid"], spec, params))
+            await self._write(
+                body, old, {"phase": "Queued", "jobName": jname, "message": "Job created", "attempts": 0}, gen
+            )
+            return
+        js = job.get("status") or {}
+        conds = {c["type"]: c for c in js.get("conditions") or [] if c.get("status") == "True"}
+        attempts = js.get("active", 0) + js.get("succeeded", 0) + js.get("failed", 0)
+        new: dict = {"jobName": jname, "attempts": attempts, "startTime": js.get("startTime")}
+        if "Complete" in conds or "Failed" in conds:
+            pods = await op.call(op.kube.list, "v1", "Pod", ns, f"job-name={jname}")
+            result = termination_result(pods) or {}
+            end = (
+                js.get("completionTime") or conds.get("Failed", {}).get("lastTransitionTime") or now_rfc3339()
+            )
+            new.update(completionTime=end, duration=_duration(js.get("startTime"), end))
+            if "Complete" in conds and not result.get("error"):
+                new.update(phase="Succeeded", result=result, message=result.get("message") or "succeeded")
+                try:
+                    await self._apply_result(ns, spec, result)
+                except JobInputError as e:
+                    new.update(phase="Failed", message=f"result could not be applied: {e}")
+            else:
+                reason = (
+                    result.get("error") or result.get("message") or conds.get("Failed", {}).get("message")
+                )
+                new.update(phase="Failed", result=result or None, message=(reason or "the job failed")[:1000])
+        elif js.get("active"):
+            new.update(phase="Running", message=f"running (attempt {attempts})")
+        else:
+            new.update(phase="Queued", message="waiting for a pod")
+        await self._write(body, old, new, gen)
+
+    async def _write(
+        self, body: dict, old: dict, new: dict, gen, event: tuple[str, str] | None = None
+    ) -> None:
+        op = self.op
+        status = {**new, "observedGeneration": gen}
+        phase = status.get("phase", old.get("phase"))
+        finished = phase in TERMINAL
+        conds = [
+            condition(
+                "Ready",
+                finished and phase == "Succeeded" if finished else None,
+                phase or "Pending",
+                status.get("message", ""),
+                gen,
+            ),
+            condition("Progressing", not finished, phase or "Pending", "", gen),
+            condition(
+                "Degraded",
+                phase == "Failed",
+                "JobFailed" if phase == "Failed" else "AsExpected",
+                status.get("message", "") if phase == "Failed" else "",
+                gen,
+            ),
+        ]
+        status["conditions"] = merge_conditions(old.get("conditions"), conds)
+        status = {k: v for k, v in status.items() if v is not None or k in old}
+        if not status_changed(old, status):
+            return
+        meta = body["metadata"]
+        await op.call(op.kube.patch_status, API_VERSION, "MapJob", meta["namespace"], meta["name"], status)
+        ref = {
+            "apiVersion": API_VERSION,
+            "kind": "MapJob",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+        }
+        if phase != old.get("phase"):
+            JOB_PHASES.labels(type=body["spec"].get("type"), phase=phase).inc()
+            level = "Warning" if phase == "Failed" else "Normal"
+            await op.call(op.kube.event, ref, level, str(phase), status.get("message") or str(phase))
+        elif event:
+            await op.call(op.kube.event, ref, event[0], event[1], status.get("message", ""))
+
+    async def _apply_result(self, ns: str, spec: MapJobSpec, result: dict) -> None:
+        """Register the output dataset; write checksums/metadata into the datasets' status."""
+        op = self.op
+        out = spec.output.dataset if spec.output else None
+        if out and result.get("output"):
+            labels = dict(out.labels or {})
+            ds = {
+                "apiVersion": API_VERSION,
+                "kind": "MapDataset",
+                "metadata": {"name": out.name, "namespace": ns, "labels": labels},
+                "spec": {
+                    "type": "raster",
+                    "source": {"path": result["output"]},
+                    "identifier": out.identifier or out.name,
+                    "title": out.title or out.name,
+                },
+            }
+            await op.call(op.kube.apply_as, ds, JOB_FIELD_MANAGER)
+            if result.get("checksum"):
+                await op.call(
+                    op.kube.patch_status,
+                    API_VERSION,
+                    "MapDataset",
+                    ns,
+                    out.name,
+                    {"checksum": result["checksum"]},
+                )
+        for dname, checksum in (result.get("checksums") or {}).items():
+            if spec.type == "rehash" and spec.rehash.datasets and dname in spec.rehash.datasets:
+                await op.call(
+                    op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, {"checksum": checksum}
+                )
+        for dname, md in (result.get("metadata") or {}).items():
+            if isinstance(md, dict) and not md.get("error"):
+                patch = {
+                    k: md[k]
+                    for k in ("checksum", "size", "extent", "wgs84Bbox", "bandCount", "geometryType")
+                    if k in md
+                }
+                await op.call(op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, patch)
+        if spec.type == "hyspex-variants" and spec.hyspex_variants.create_missing:
+            await self._create_variants(ns, result)
+
+    async def _create_variants(self, ns: str, result: dict) -> None:
+        op = self.op
+        for miss in result.get("missing") or []:
+            if not miss.get("candidate"):
+                continue
+            scene, variant = miss["scene"], miss["missing"]
+            sibling = next(
+                (
+                    d
+                    for d in op.datasets_in(ns)
+                    if (d["spec"].get("identifier") or "").lower().startswith(scene.lower())
+                ),
+                None,
+            )
+            if sibling is None:
+                continue
+            spec = {
+                k: v
+                for k, v in sibling["spec"].items()
+                if k not in ("source", "identifier", "variant", "title")
+            }
+            spec.update(
+                source={"path": miss["candidate"]},
+                identifier=f"{scene}_{variant.lower()}",
+                variant=variant,
+                title=f"{sibling['spec'].get('title', scene)} ({variant})",
+            )
+            body = {
+                "apiVersion": API_VERSION,
+                "kind": "MapDataset",
+                "metadata": {
+                    "name": _dns_name(f"{scene}-{variant}"),
+                    "namespace": ns,
+                    "labels": sibling["labels"],
+                },
+                "spec": spec,
+            }
+            await op.call(op.kube.apply_as, body, JOB_FIELD_MANAGER)
+
+    async def _delete_job(self, ns: str, name: str) -> None:
+        op = self.op
+        jname = job_name(name)
+        await op.call(op.kube.delete, "batch/v1", "Job", ns, jname)
+        for pod in await op.call(op.kube.list, "v1", "Pod", ns, f"job-name={jname}"):
+            await op.call(op.kube.delete, "v1", "Pod", ns, pod["metadata"]["name"])
+
+    async def release(self, body: Mapping) -> None:
+        """Finalizer: the Job and its pods are gone before the MapJob is."""
+        from .kube import ApiError
+
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        await self._delete_job(ns, name)
+        jname = job_name(name)
+        left = await self.op.call(self.op.kube.list, "v1", "Pod", ns, f"job-name={jname}")
+        if left or await self.op.call(self.op.kube.get, "batch/v1", "Job", ns, jname):
+            raise ApiError(409, f"Job {jname} or its pods still present")

@@ -5,6 +5,7 @@ foreground (each added here as the product grows); Ctrl-C stops everything, plan
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -17,9 +18,55 @@ import cluster
 REPO = Path(__file__).resolve().parent.parent
 
 
+DATA_ROOT = REPO / ".kms" / "data"
+PY = str(REPO / ".venv" / "bin" / "python")
+
+
 def product_processes(kubeconfig: Path) -> list[tuple[str, list[str]]]:
-    """(name, argv) of the product's own processes; empty until they exist."""
-    return []
+    """(name, argv) of the product's own processes, all on loopback."""
+    return [
+        ("operator", [PY, "-m", "kms_operator", "--liveness", "http://127.0.0.1:8081/healthz"]),
+        ("local-runner", [PY, str(REPO / "hack" / "local_runner.py"), "--kubeconfig", str(kubeconfig)]),
+    ]
+
+
+def install(kubeconfig: Path) -> None:
+    """CRDs, the sample data and a hostPath data volume for the examples."""
+    kubectl = [str(cluster.binaries()["kubectl"]), f"--kubeconfig={kubeconfig}"]
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True)
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], check=True
+    )
+    subprocess.run(
+        [PY, str(REPO / "hack" / "sample_data.py"), str(DATA_ROOT)], check=True, stdout=subprocess.DEVNULL
+    )
+    pv = f"""
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: kms-dev-map-data}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {{path: {DATA_ROOT}}}
+  claimRef: {{namespace: default, name: map-data}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: map-data, namespace: default}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: kms-dev-map-data
+  resources: {{requests: {{storage: 1Gi}}}}
+"""
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "--field-manager=kms-dev", "-f", "-"],
+        input=pv,
+        text=True,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def main() -> int:
@@ -33,15 +80,24 @@ def main() -> int:
         cluster.log(f"ERROR: {e}")
         return 1
     procs: list[tuple[str, subprocess.Popen]] = []
-    env_kube = {"KUBECONFIG": str(plane.kubeconfig)}
+    env_kube = {
+        "KUBECONFIG": str(plane.kubeconfig),
+        "KMS_DATA_ROOT": str(DATA_ROOT),
+        "KMS_METRICS_PORT": "9090",
+        "KMS_METRICS_ADDR": "127.0.0.1",
+    }
     try:
+        install(plane.kubeconfig)
         for name, argv in product_processes(plane.kubeconfig):
-            procs.append((name, subprocess.Popen(argv, env={**__import__("os").environ, **env_kube})))
+            procs.append((name, subprocess.Popen(argv, env={**os.environ, **env_kube}, cwd=REPO)))
             cluster.log(f"started {name}")
         print(
             f"\nkube-mapserver dev is up.\n"
             f"  export KUBECONFIG={plane.kubeconfig}\n"
             f"  kubectl: {cluster.binaries()['kubectl']} get nodes\n"
+            f"  try:     kubectl apply -f examples/ && kubectl get mapdatasets,mapservices\n"
+            f"  data:    {DATA_ROOT} (the data volume of the examples)\n"
+            f"  metrics: http://127.0.0.1:9090/metrics   liveness: http://127.0.0.1:8081/healthz\n"
             f"Ctrl-C stops everything.\n",
             flush=True,
         )

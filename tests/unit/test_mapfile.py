@@ -10,6 +10,8 @@ from pathlib import Path
 
 import mapscript
 import pytest
+from osgeo import gdal, ogr, osr
+
 from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus, Source, Style, ValueRange, VectorClass
 from kms_crds.mapservice import MapServiceSpec
 from kms_operator.mapfile import (
@@ -22,7 +24,6 @@ from kms_operator.mapfile import (
     mapfile_hash,
     quote,
 )
-from osgeo import gdal, ogr, osr
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "mapfile"
 

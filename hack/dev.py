@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 DATA_ROOT = REPO / ".kms" / "data"
 PY = str(REPO / ".venv" / "bin" / "python")
+MAPSERVER_PORT = 8088
 
 
 def product_processes(kubeconfig: Path) -> list[tuple[str, list[str]]]:
@@ -27,6 +28,17 @@ def product_processes(kubeconfig: Path) -> list[tuple[str, list[str]]]:
     return [
         ("operator", [PY, "-m", "kms_operator", "--liveness", "http://127.0.0.1:8081/healthz"]),
         ("local-runner", [PY, str(REPO / "hack" / "local_runner.py"), "--kubeconfig", str(kubeconfig)]),
+        (
+            "local-mapserver",
+            [
+                PY,
+                str(REPO / "hack" / "local_mapserver.py"),
+                "--kubeconfig",
+                str(kubeconfig),
+                "--port",
+                str(MAPSERVER_PORT),
+            ],
+        ),
     ]
 
 
@@ -85,6 +97,7 @@ def main() -> int:
         "KMS_DATA_ROOT": str(DATA_ROOT),
         "KMS_METRICS_PORT": "9090",
         "KMS_METRICS_ADDR": "127.0.0.1",
+        "KMS_SERVICE_URL_TEMPLATE": f"http://127.0.0.1:{MAPSERVER_PORT}/{{namespace}}/{{name}}/",
     }
     try:
         install(plane.kubeconfig)
@@ -96,6 +109,9 @@ def main() -> int:
             f"  export KUBECONFIG={plane.kubeconfig}\n"
             f"  kubectl: {cluster.binaries()['kubectl']} get nodes\n"
             f"  try:     kubectl apply -f examples/ && kubectl get mapdatasets,mapservices\n"
+            f"  map:     http://127.0.0.1:{MAPSERVER_PORT}/default/ocean/?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap"
+            f"&LAYERS=kms_sst-sample,kms_zones-sample&STYLES=&CRS=EPSG:4326&BBOX=-90,-180,90,180"
+            f"&WIDTH=512&HEIGHT=256&FORMAT=image/png&TRANSPARENT=TRUE\n"
             f"  data:    {DATA_ROOT} (the data volume of the examples)\n"
             f"  metrics: http://127.0.0.1:9090/metrics   liveness: http://127.0.0.1:8081/healthz\n"
             f"Ctrl-C stops everything.\n",

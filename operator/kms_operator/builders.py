@@ -288,14 +288,20 @@ OPTIONAL_KINDS = (
 )
 
 
-def service_url(name: str, namespace: str, spec: MapServiceSpec) -> str:
-    """Where clients reach the service's WMS: the ingress when there is one, else in-cluster DNS."""
+def service_url(
+    name: str,
+    namespace: str,
+    spec: MapServiceSpec,
+    template: str = "http://{name}.{namespace}.svc.cluster.local:8080/",
+) -> str:
+    """Where clients reach the service's WMS: the ingress when there is one, else `template`
+    (in-cluster DNS by default; the loopback dev server in local mode)."""
     if spec.mapserver.online_resource:
         return spec.mapserver.online_resource
     if spec.ingress:
         scheme = "https" if spec.ingress.tls_secret_name else "http"
         return f"{scheme}://{spec.ingress.host}{spec.ingress.path.rstrip('/')}/"
-    return f"http://{name}.{namespace}.svc.cluster.local:{PORT}/"
+    return template.format(name=name, namespace=namespace)
 
 
 def build_children(owner: Owner, spec: MapServiceSpec, mapfile: str, config: str, mapfile_hash: str) -> dict:

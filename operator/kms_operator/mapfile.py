@@ -251,8 +251,10 @@ def _layer(w: _Writer, ds: DatasetInput, data_root: str) -> None:
             meta.append((f"{proto.lower()}_enable_request", "*" if proto in protocols else "!*"))
         if "WCS" in protocols:
             meta += [("wcs_label", spec.title), ("wcs_rangeset_name", "bands")]
+        # queryable: GetFeatureInfo returns raster values (value_0..) and vector attributes
+        meta += [("gml_include_items", "all"), ("wms_include_items", "all")]
         if not raster:
-            meta += [("gml_include_items", "all"), ("wfs_title", spec.title)]
+            meta.append(("wfs_title", spec.title))
         meta.append(("kms_dataset", ds.name))
         w.metadata(meta)
         if native:

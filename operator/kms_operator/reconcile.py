@@ -223,7 +223,8 @@ class Operator:
         if served:
             svc = next(s for s in self.services_in(ns) if s["name"] == served[0])
             spec = MapServiceSpec.model_validate(svc["spec"])
-            out["url"] = builders.service_url(served[0], ns, spec) + "?SERVICE=WMS&REQUEST=GetCapabilities"
+            out["url"] = builders.service_url(served[0], ns, spec, self.settings.service_url_template)
+            out["url"] += "?SERVICE=WMS&REQUEST=GetCapabilities"
         else:
             out["url"] = None
         return out
@@ -390,7 +391,7 @@ class Operator:
             "excluded": excluded,
             "mapfileHash": digest,
             "configMap": children["configmap"]["metadata"]["name"],
-            "url": builders.service_url(name, ns, spec),
+            "url": builders.service_url(name, ns, spec, self.settings.service_url_template),
         }
         status["conditions"] = merge_conditions(old_status.get("conditions"), conds)
         if status_changed(old_status, status):

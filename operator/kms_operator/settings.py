@@ -23,4 +23,10 @@ class Settings:
     debounce_seconds: float = field(
         default_factory=lambda: float(os.environ.get("KMS_DEBOUNCE_SECONDS", "0.3"))
     )
+    # Where clients reach a service without ingress; local mode points at hack/local_mapserver.py.
+    service_url_template: str = field(
+        default_factory=lambda: os.environ.get(
+            "KMS_SERVICE_URL_TEMPLATE", "http://{name}.{namespace}.svc.cluster.local:8080/"
+        )
+    )
     metrics_port: int = field(default_factory=lambda: int(os.environ.get("KMS_METRICS_PORT", "9090")))

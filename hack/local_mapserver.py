@@ -103,21 +103,41 @@ class Maps:
             return self.maps.get((ns, service))
 
 
-def dispatch(m: mapscript.mapObj, lock: threading.Lock, query: str) -> tuple[int, str, bytes]:
-    """Run one OGC request through MapServer; returns (status, content type, body)."""
+def dispatch(m: mapscript.mapObj, lock: threading.Lock, query: str) -> tuple[int, dict[str, str], bytes]:
+    """Run one OGC request through MapServer as mapserv would: (status, CGI headers, body).
+    OGC errors come back as exception reports in the body (MapServer raises *and* writes them)."""
     req = mapscript.OWSRequest()
     req.loadParamsFromURL(query)
     with lock:  # one request per map at a time: a mapObj is not safe to share between threads
         mapscript.msIO_installStdoutToBuffer()
         try:
-            status = m.OWSDispatch(req)
-            content_type = mapscript.msIO_stripStdoutBufferContentType() or "text/plain"
-            body = mapscript.msIO_getStdoutBufferBytes()
+            try:
+                m.OWSDispatch(req)
+                error = None
+            except mapscript.MapServerError as e:
+                error = str(e)
+            raw = mapscript.msIO_getStdoutBufferBytes()
         finally:
             mapscript.msIO_resetHandlers()
-    if status != mapscript.MS_SUCCESS and not body:
-        return 400, "text/plain", b"MapServer could not handle the request\n"
-    return 200, content_type, body
+            mapscript.msResetErrorList()
+    if not raw:
+        return (
+            400,
+            {"Content-Type": "text/plain"},
+            f"MapServer could not handle the request: {error}\n".encode(),
+        )
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = raw.partition(b"\n\n")
+    headers = {}
+    for line in head.decode("latin-1").splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() and value:
+            headers[name.strip()] = value.strip()
+    if "Content-Type" not in headers:  # no CGI header block: all of it is the body
+        return 200, {"Content-Type": "application/octet-stream"}, raw
+    status = int(headers.pop("Status", "200").split()[0])
+    return status, headers, body
 
 
 def make_handler(maps: Maps):
@@ -133,13 +153,15 @@ def make_handler(maps: Maps):
             if entry is None:
                 return self.reply(404, "text/plain", f"no mapfile for {'/'.join(segments)} yet\n".encode())
             t0 = time.monotonic()
-            code, ctype, body = dispatch(entry[1], entry[2], parts.query)
-            self.reply(code, ctype, body)
+            code, headers, body = dispatch(entry[1], entry[2], parts.query)
+            self.reply(code, headers.pop("Content-Type"), body, headers)
             log.debug("%s %s %.1f ms", self.path[:120], code, (time.monotonic() - t0) * 1000)
 
-        def reply(self, code: int, ctype: str, body: bytes) -> None:
+        def reply(self, code: int, ctype: str, body: bytes, extra: dict[str, str] | None = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
+            for name, value in (extra or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

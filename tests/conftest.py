@@ -194,7 +194,9 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def operator_process(cluster: Cluster, crds, data_root: Path, tmp_path_factory) -> Iterator[OperatorProcess]:
+def operator_process(
+    cluster: Cluster, crds, data_root: Path, tmp_path_factory, local_mapserver_port: int
+) -> Iterator[OperatorProcess]:
     """One operator for the session, watching all namespaces. Its watches are closed by the
     apiserver every few seconds on purpose, so every test also exercises the reconnect."""
     proc = OperatorProcess(
@@ -203,12 +205,60 @@ def operator_process(cluster: Cluster, crds, data_root: Path, tmp_path_factory) 
         tmp_path_factory.mktemp("operator") / "operator.log",
         KMS_WATCH_SERVER_TIMEOUT="5",
         KMS_DEBOUNCE_SECONDS="0.2",
+        KMS_SERVICE_URL_TEMPLATE=f"http://127.0.0.1:{local_mapserver_port}/{{namespace}}/{{name}}/",
     )
     proc.start()
     try:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def local_mapserver_port() -> int:
+    """The loopback port of hack/local_mapserver.py (the URL the operator writes into status)."""
+    return cluster_mod.free_port()
+
+
+@pytest.fixture(scope="session")
+def local_mapserver(cluster: Cluster, local_mapserver_port: int, tmp_path_factory) -> Iterator[str]:
+    """hack/local_mapserver.py: serves each MapService's current mapfile with real MapServer."""
+    import urllib.error
+    import urllib.request
+
+    log_path = tmp_path_factory.mktemp("mapserver") / "local-mapserver.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                str(REPO / ".venv" / "bin" / "python"),
+                str(REPO / "hack" / "local_mapserver.py"),
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "--port",
+                str(local_mapserver_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    base = f"http://127.0.0.1:{local_mapserver_port}"
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(base + "/", timeout=2)
+        except urllib.error.HTTPError:
+            return True  # 404 for "/" means it answers
+        return True
+
+    try:
+        wait_until(up, "local mapserver listening", timeout=30)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")

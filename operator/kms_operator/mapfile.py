@@ -314,6 +314,7 @@ def build_mapfile(
         for name, driver, mime, mode, ext in (
             ("png", "AGG/PNG", "image/png", "RGBA", "png"),
             ("jpeg", "AGG/JPEG", "image/jpeg", "RGB", "jpg"),
+            ("GTiff", "GDAL/GTiff", "image/tiff", "FLOAT32", "tif"),  # WCS: source values, not colours
         ):
             with w.block("OUTPUTFORMAT"):
                 w.line("NAME", quote(name))
@@ -340,6 +341,9 @@ def build_mapfile(
                 ]
             meta += [
                 ("wms_feature_info_mime_type", "application/vnd.ogc.gml"),
+                # only the declared formats: no driver the operator did not choose
+                ("wms_getmap_formatlist", "image/png,image/jpeg"),
+                ("wcs_formats", "GTiff"),
                 ("wcs_label", title),
                 ("wfs_title", title),
             ]

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Build helm (and, with --actionlint, actionlint) once from the Go module proxy into the same cache
+# as the control plane: ~/.cache/kube-mapserver/bin/<name>-<version>/ (override with KMS_CACHE_DIR).
+# Usage: hack/build-helm.sh [--actionlint]   (prints the binary path(s) on the last line)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=tool-versions.env
+source "$here/tool-versions.env"
+
+CACHE=${KMS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-mapserver}
+HELM_DIR="$CACHE/bin/helm-$HELM_VERSION"
+ACTIONLINT_DIR="$CACHE/bin/actionlint-$ACTIONLINT_VERSION"
+export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOPROXY=${GOPROXY:-https://proxy.golang.org}
+
+log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# Print progress while a long go build runs (go itself is silent for minutes).
+with_heartbeat() {
+  local what=$1; shift
+  local start=$SECONDS
+  ( while sleep 30; do log "$what: still building ($((SECONDS - start))s)"; done ) &
+  local hb=$!
+  local rc=0
+  "$@" || rc=$?
+  kill "$hb" 2>/dev/null; wait "$hb" 2>/dev/null || true
+  if [ $rc -ne 0 ]; then log "$what: FAILED after $((SECONDS - start))s"; return $rc; fi
+  log "$what: done in $((SECONDS - start))s"
+}
+
+# go_install NAME DIR MODULE@VERSION [ldflags]
+go_install() {
+  local name=$1 dir=$2 pkg=$3 ld=${4:-"-s -w"}
+  if [ -x "$dir/$name" ]; then log "$name: cached in $dir"; return; fi
+  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+  with_heartbeat "$name ${pkg##*@}: go install" \
+    env GOBIN="$dir.tmp" go install -trimpath -ldflags "$ld" "$pkg"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+}
+
+command -v go >/dev/null || { log "go is not installed (apt-get install golang-go or a Go >= 1.24 toolchain)"; exit 1; }
+out=()
+# helm reports its version from ldflags (otherwise "v3.x+unknown"); set it like upstream's Makefile.
+go_install helm "$HELM_DIR" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
+  "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+out+=("$HELM_DIR/helm")
+if [ "${1:-}" = "--actionlint" ]; then
+  go_install actionlint "$ACTIONLINT_DIR" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" \
+    "-s -w -X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION"
+  out+=("$ACTIONLINT_DIR/actionlint")
+fi
+echo "${out[*]}"

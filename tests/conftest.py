@@ -140,15 +140,16 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, data_root: Path, log_path: Path, **env: str):
         self.kubeconfig, self.data_root, self.log_path, self.extra_env = kubeconfig, data_root, log_path, env
         self.proc: subprocess.Popen | None = None
-        self.liveness_port = 0
+        self.liveness_port = self.metrics_port = 0
 
     def start(self) -> None:
         self.liveness_port = cluster_mod.free_port()
+        self.metrics_port = cluster_mod.free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "KMS_DATA_ROOT": str(self.data_root),
-            "KMS_METRICS_PORT": str(cluster_mod.free_port()),
+            "KMS_METRICS_PORT": str(self.metrics_port),
             "KMS_METRICS_ADDR": "127.0.0.1",
             **self.extra_env,
         }

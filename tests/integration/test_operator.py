@@ -9,6 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import mapscript
 import pytest
 from kubernetes import client
@@ -167,6 +168,15 @@ def test_examples_become_ready_and_mapfile_loads(cluster, ns, data_root, capsys)
         assert col in header_svc
     assert "ocean" in out and "True" in out
     assert children(cluster.api, ns, "ocean")["pdbs"] == ["ocean"]
+
+
+def test_metrics_endpoint(cluster, ns, operator_process):
+    create_cr(cluster.api, ns, dataset("m1"))
+    wait_condition(cluster.api, ns, "MapDataset", "m1")
+    text = httpx.get(f"http://127.0.0.1:{operator_process.metrics_port}/metrics", timeout=10).text
+    for name in ("kms_reconciles_total", "kms_reconcile_duration_seconds", "kms_api_writes_total"):
+        assert name in text
+    assert 'kms_reconciles_total{kind="MapDataset",result="ok"}' in text
 
 
 def test_title_edit_rerenders_only_selecting_services(cluster, ns):

@@ -1,0 +1,226 @@
+"""Dataset routes: list/get/register/upload/delete, duplicate and HySpex reports, maintenance."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from .. import catalog, registry, upload, views
+from ..deps import Context, Ctx, EditorUser, ViewerUser
+from ..errors import Problem
+from ..jobs_service import create_job_spec
+from ..kube import KubeError
+from ..models import (
+    DNS_LABEL,
+    DatasetCreate,
+    DatasetDetail,
+    DatasetPage,
+    DeleteResult,
+    DuplicatesReport,
+    ErrorBody,
+    HyspexReport,
+    MaintenanceResult,
+    PruneRequest,
+    PruneResult,
+    RehashRequest,
+    ResyncRequest,
+)
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+DatasetId = Annotated[str, Path(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+NOT_FOUND = {404: {"model": ErrorBody, "description": "No such dataset."}}
+CONFLICT = {409: {"model": ErrorBody, "description": "A dataset (or file) of that name exists."}}
+
+
+@router.get("", response_model=DatasetPage, summary="List datasets (light items, from the watch cache)")
+def list_datasets(
+    _: ViewerUser,
+    ctx: Ctx,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Search in id, identifier, title, keywords.")
+    ] = None,
+    sort: catalog.SortKey = "id",
+    type: Literal["raster", "vector"] | None = None,
+    campaign: Annotated[str | None, Query(max_length=200)] = None,
+    ready: bool | None = None,
+) -> dict:
+    selected = catalog.select(ctx.cr.dataset_items(), q, type, campaign, ready, sort)
+    page = [v["item"] for v in selected[offset : offset + limit]]
+    return {"total": len(selected), "limit": limit, "offset": offset, "items": page}
+
+
+@router.get(
+    "/duplicates", response_model=DuplicatesReport, summary="Datasets equal by checksum, identifier or source"
+)
+def duplicates(_: ViewerUser, ctx: Ctx) -> dict:
+    return catalog.duplicates(ctx.cr.live(ctx.cr.datasets))
+
+
+@router.get("/hyspex-missing-variants", response_model=HyspexReport, summary="HySpex scenes missing RGB or Z")
+def hyspex_missing(
+    _: ViewerUser,
+    ctx: Ctx,
+    campaign: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict:
+    report = catalog.hyspex_missing(ctx.cr.live(ctx.cr.datasets))
+    return {"campaigns": [c for c in report if campaign is None or c["campaign"] == campaign]}
+
+
+@router.get("/{id}", response_model=DatasetDetail, responses=NOT_FOUND, summary="One dataset")
+def get_dataset(id: DatasetId, _: ViewerUser, ctx: Ctx) -> dict:
+    obj = ctx.cr.dataset(id)
+    if obj is None:
+        raise Problem(404, f"dataset {id!r} not found", "id")
+    return views.dataset_detail(obj)
+
+
+@router.post(
+    "", response_model=DatasetDetail, status_code=201, responses=CONFLICT, summary="Register a path or URL"
+)
+def create_dataset(req: DatasetCreate, _: EditorUser, ctx: Ctx) -> dict:
+    registry.check(req, ctx.config.current(), ctx.settings)
+    return views.dataset_detail(registry.register(ctx.cr, req))
+
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "id": {"type": "string", "pattern": DNS_LABEL, "maxLength": 63},
+                        "identifier": {"type": "string", "maxLength": 200},
+                        "title": {"type": "string", "maxLength": 500},
+                        "abstract": {"type": "string", "maxLength": 4000},
+                        "type": {"type": "string", "enum": ["raster", "vector"]},
+                        "campaign": {"type": "string", "maxLength": 200},
+                        "variant": {"type": "string", "enum": ["RGB", "Z"]},
+                        "keywords": {"type": "string", "description": "Comma-separated."},
+                        "projection": {"type": "string", "pattern": "^EPSG:[0-9]{4,6}$"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post(
+    "/upload",
+    response_model=DatasetDetail,
+    status_code=201,
+    responses={**CONFLICT, 413: {"model": ErrorBody, "description": "The file exceeds maxUploadMb."}},
+    openapi_extra=UPLOAD_BODY,
+    summary="Upload a file into the data volume and register it",
+)
+async def upload_dataset(request: Request, _: EditorUser, ctx: Ctx) -> dict:
+    cfg = ctx.config.current()
+    if not registry.in_roots(ctx.settings.upload_dir, cfg.allowed_data_roots):
+        raise Problem(
+            422, f"the upload directory {ctx.settings.upload_dir!r} is not an allowed data root", "file"
+        )
+    _, target_dir = registry.upload_path(ctx.settings, "")
+    got = await upload.receive(request, target_dir, cfg.max_upload_mb * 1024 * 1024)
+    try:
+        f = got.fields
+        stem = os.path.splitext(got.filename)[0]
+        ident = f.get("identifier") or registry.derive_identifier(stem)
+        raw = {
+            "id": f.get("id") or registry.derive_id(stem),
+            "type": f.get("type") or upload.EXTENSIONS[os.path.splitext(got.filename)[1].lower()],
+            "source": {"path": f"{ctx.settings.upload_dir}/{got.filename}"},
+            "identifier": ident,
+            "title": f.get("title") or got.filename,
+            **{k: f[k] for k in ("abstract", "campaign", "variant", "projection") if f.get(k)},
+        }
+        if f.get("keywords"):
+            raw["keywords"] = [k.strip() for k in f["keywords"].split(",") if k.strip()]
+        req = registry.parse_create(raw)
+        registry.check(req, cfg, ctx.settings, check_exists=False)
+        if ctx.cr.datasets.get(req.id) is not None:
+            raise Problem(409, f"dataset {req.id!r} already exists", "id")
+        _, target = registry.upload_path(ctx.settings, got.filename)
+        upload.place(got, target)
+    except BaseException:
+        got.discard()
+        raise
+    try:
+        obj = await run_in_threadpool(registry.register, ctx.cr, req)
+    except (KubeError, Problem):
+        target.unlink(missing_ok=True)  # nothing half-created
+        raise
+    return views.dataset_detail(obj)
+
+
+@router.delete("/{id}", response_model=DeleteResult, responses=NOT_FOUND, summary="Delete a dataset")
+def delete_dataset(id: DatasetId, _: EditorUser, ctx: Ctx) -> dict:
+    obj = ctx.cr.dataset(id)
+    if obj is None or ctx.cr.delete_dataset(id, obj["metadata"].get("uid")) is None:
+        raise Problem(404, f"dataset {id!r} not found", "id")
+    return {"id": id, "deleted": True}
+
+
+# ------------------------------------------------------------------ maintenance
+
+
+def _dataset_names(ctx: Context, names: list[str] | None) -> list[str]:
+    live = {o["metadata"]["name"] for o in ctx.cr.live(ctx.cr.datasets)}
+    if names is None:
+        return sorted(live)
+    unknown = [n for n in names if n not in live]
+    if unknown:
+        raise Problem(422, f"unknown datasets: {', '.join(unknown[:10])}", "datasets")
+    return list(dict.fromkeys(names))
+
+
+def _jobs_over(ctx: Context, type_: str, field: str, names: list[str]) -> dict:
+    if not names:
+        raise Problem(422, "there are no datasets to process", "datasets")
+    jobs = []
+    for i in range(0, len(names), 1000):  # a MapJob takes at most 1000 datasets
+        spec = create_job_spec(ctx.settings, type_, {field: {"datasets": names[i : i + 1000]}})
+        jobs.append(views.job_view(ctx.cr.create_job(spec, generate_name=f"{type_}-")))
+    return {"jobs": jobs}
+
+
+@router.post(
+    "/maintenance/rehash", response_model=MaintenanceResult, status_code=202, summary="Rehash (MapJob)"
+)
+def rehash(req: RehashRequest, _: EditorUser, ctx: Ctx) -> dict:
+    return _jobs_over(ctx, "rehash", "rehash", _dataset_names(ctx, req.datasets))
+
+
+@router.post(
+    "/maintenance/resync",
+    response_model=MaintenanceResult,
+    status_code=202,
+    summary="Re-read metadata (MapJob)",
+)
+def resync(req: ResyncRequest, _: EditorUser, ctx: Ctx) -> dict:
+    return _jobs_over(ctx, "repair-metadata", "repairMetadata", _dataset_names(ctx, req.datasets))
+
+
+@router.post(
+    "/maintenance/prune-missing", response_model=PruneResult, summary="Delete datasets whose file is gone"
+)
+def prune_missing(req: PruneRequest, _: EditorUser, ctx: Ctx) -> dict:
+    gone = sorted(
+        o["metadata"]["name"]
+        for o in ctx.cr.live(ctx.cr.datasets)
+        if views.condition(o, "Ready").get("reason") == "SourceNotFound"
+    )
+    if not req.dry_run:
+        for name in gone:
+            obj = ctx.cr.dataset(name)
+            if obj is not None:
+                ctx.cr.delete_dataset(name, obj["metadata"].get("uid"))
+    return {"dryRun": req.dry_run, "datasets": gone}

@@ -1,0 +1,61 @@
+"""Facade settings from the environment (process-level; user-tunable settings live in `config`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _default_namespace() -> str:
+    if _SA_NAMESPACE.exists():
+        return _SA_NAMESPACE.read_text().strip()
+    return "default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the facade runs and how it talks to the cluster; see `from_env` for the variables."""
+
+    namespace: str = "default"
+    data_root: Path | None = None
+    data_pvc: str | None = "map-data"
+    upload_dir: str = "uploads"
+    job_image: str | None = None
+    token_ttl_seconds: int = 3600
+    operator_health_url: str | None = None
+    request_timeout: float = 10.0
+    watch_timeout: int = 60
+    health_timeout: float = 1.5
+    login_max_failures: int = 5
+    login_ip_max_failures: int = 20
+    login_window_seconds: int = 60
+    tombstone_max_entries: int = 1000
+    tombstone_max_age_seconds: int = 30 * 86400
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        """KMS_NAMESPACE, KMS_DATA_ROOT, KMS_DATA_PVC, KMS_UPLOAD_DIR, KMS_JOB_IMAGE, KMS_TOKEN_TTL,
+        KMS_OPERATOR_HEALTH_URL, KMS_REQUEST_TIMEOUT, KMS_WATCH_TIMEOUT, KMS_LOGIN_MAX_FAILURES,
+        KMS_LOGIN_IP_MAX_FAILURES, KMS_LOGIN_WINDOW, KMS_TOMBSTONE_MAX, KMS_TOMBSTONE_MAX_AGE."""
+        e = os.environ if env is None else env
+        d = cls()
+        data_root = e.get("KMS_DATA_ROOT")
+        return cls(
+            namespace=e.get("KMS_NAMESPACE") or _default_namespace(),
+            data_root=Path(data_root) if data_root else None,
+            data_pvc=e.get("KMS_DATA_PVC", d.data_pvc) or None,
+            upload_dir=e.get("KMS_UPLOAD_DIR", d.upload_dir).strip("/") or d.upload_dir,
+            job_image=e.get("KMS_JOB_IMAGE") or None,
+            token_ttl_seconds=int(e.get("KMS_TOKEN_TTL", d.token_ttl_seconds)),
+            operator_health_url=e.get("KMS_OPERATOR_HEALTH_URL") or None,
+            request_timeout=float(e.get("KMS_REQUEST_TIMEOUT", d.request_timeout)),
+            watch_timeout=int(e.get("KMS_WATCH_TIMEOUT", d.watch_timeout)),
+            login_max_failures=int(e.get("KMS_LOGIN_MAX_FAILURES", d.login_max_failures)),
+            login_ip_max_failures=int(e.get("KMS_LOGIN_IP_MAX_FAILURES", d.login_ip_max_failures)),
+            login_window_seconds=int(e.get("KMS_LOGIN_WINDOW", d.login_window_seconds)),
+            tombstone_max_entries=int(e.get("KMS_TOMBSTONE_MAX", d.tombstone_max_entries)),
+            tombstone_max_age_seconds=int(e.get("KMS_TOMBSTONE_MAX_AGE", d.tombstone_max_age_seconds)),
+        )

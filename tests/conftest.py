@@ -288,3 +288,161 @@ def local_runner(cluster: Cluster, tmp_path_factory) -> Iterator[subprocess.Pope
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# the facade (kms_api) as a real process, one namespace each, users made with its CLI
+
+
+class FacadeProcess:
+    """`python -m kms_api --port P` serving one namespace; users (random passwords) made by its CLI."""
+
+    ROLES = (("admin", "admin"), ("editor", "editor"), ("viewer", "viewer"))
+
+    def __init__(self, kubeconfig: Path, namespace: str, data_root: Path, log_path: Path, **env: str):
+        self.kubeconfig, self.namespace, self.data_root, self.log_path = (
+            kubeconfig,
+            namespace,
+            data_root,
+            log_path,
+        )
+        self.extra_env = env
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.passwords: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KMS_NAMESPACE": self.namespace,
+            "KMS_DATA_ROOT": str(self.data_root),
+            **self.extra_env,
+        }
+
+    def cli(self, *args: str, password: str | None = None) -> subprocess.CompletedProcess:
+        """`python -m kms_api user ...` (the password goes through stdin, never argv)."""
+        return subprocess.run(
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "kms_api", "user", *args]
+            + (["--password-stdin"] if password is not None else []),
+            input=(password + "\n") if password is not None else None,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+
+    def add_user(self, name: str, role: str) -> str:
+        import secrets
+
+        password = secrets.token_urlsafe(18)
+        done = self.cli("add", name, "--role", role, password=password)
+        assert done.returncode == 0, done.stderr
+        self.passwords[name] = password
+        return password
+
+    def start(self, wait_ready: bool = True) -> None:
+        self.port = cluster_mod.free_port()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "kms_api", "--port", str(self.port)],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        wait_until(self.ready if wait_ready else self.answers, "facade /health", timeout=60)
+
+    def answers(self) -> bool:
+        import httpx
+
+        assert self.proc and self.proc.poll() is None, f"facade exited; log:\n{self.log_tail()}"
+        return httpx.get(f"{self.url}/health", timeout=5).status_code in (200, 503)
+
+    def ready(self) -> bool:
+        """Listening, caches listed and the apiserver reachable."""
+        import httpx
+
+        assert self.proc and self.proc.poll() is None, f"facade exited; log:\n{self.log_tail()}"
+        r = httpx.get(f"{self.url}/health", timeout=5)
+        comps = {c["name"]: c["status"] for c in r.json().get("components", [])}
+        return r.status_code == 200 and comps.get("cache") == "ok" and comps.get("kubernetes") == "ok"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def token(self, user: str) -> str:
+        import httpx
+
+        r = httpx.post(
+            f"{self.url}/token", data={"username": user, "password": self.passwords[user]}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["access_token"]
+
+    def client(self, user: str | None = None):
+        """An httpx.Client on the facade, logged in as `user` (anonymous when None)."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def facade_factory(cluster: Cluster, crds, data_root: Path, tmp_path_factory):
+    """start(**env) → a FacadeProcess on a fresh namespace (with the map-data volume and users
+    admin/editor/viewer); everything started is stopped at the end of the session."""
+    import contextlib
+
+    from tests.helpers import make_data_volume
+
+    started: list[FacadeProcess] = []
+    core = client.CoreV1Api(cluster.api)
+
+    def start(root: Path | None = None, wait_ready: bool = True, users: bool = True, **env: str):
+        ns = f"api-{uuid.uuid4().hex[:8]}"
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+        make_data_volume(cluster.api, ns, root or data_root)
+        kubeconfig = Path(env.pop("KUBECONFIG", cluster.kubeconfig))
+        log_path = tmp_path_factory.mktemp("facade") / "facade.log"
+        proc = FacadeProcess(kubeconfig, ns, root or data_root, log_path, **env)
+        started.append(proc)
+        if users:
+            for name, role in FacadeProcess.ROLES:
+                proc.add_user(name, role)
+        proc.start(wait_ready=wait_ready)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(proc.namespace, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def facade(facade_factory, operator_process, local_runner) -> FacadeProcess:
+    """The shared facade of the API tests, with the real operator and job runner behind it."""
+    return facade_factory(
+        KMS_OPERATOR_HEALTH_URL=f"http://127.0.0.1:{operator_process.liveness_port}/healthz",
+        KMS_WATCH_TIMEOUT="5",
+    )

@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 import mapscript
 from kubernetes import client, config, watch
 
+from kms_operator.builders import mapfile_from_configmap
+
 log = logging.getLogger("local-mapserver")
 GROUP, VERSION = "maps.kube-mapserver.io", "v1alpha1"
-MAPFILE_KEY = "service.map"
 SELECTOR = "app.kubernetes.io/component=mapfile,app.kubernetes.io/managed-by=kube-mapserver-operator"
 
 
@@ -71,7 +72,10 @@ class Maps:
     def update(self, cm) -> None:
         ns = cm.metadata.namespace
         service = (cm.metadata.labels or {}).get("app.kubernetes.io/instance")
-        text = (cm.data or {}).get(MAPFILE_KEY)
+        try:
+            text = mapfile_from_configmap(cm.data, cm.binary_data)
+        except (KeyError, OSError, ValueError):
+            text = None
         if not service or not text:
             return
         current = self.current_configmap(ns, service)

@@ -323,8 +323,8 @@ class Operator:
             excluded += [f"{p} (NotInspected)" for p in pending]
         self.pending_since.pop((ns, name), None)
         mapfile = build_mapfile(name, spec, datasets)
-        config = build_config(name, f"{builders.CONFIG_DIR}/{builders.MAPFILE}")
-        digest = mapfile_hash(mapfile + config + builders.CHECK_SH)
+        config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
+        digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
         children = builders.build_children(owner, spec, mapfile, config, digest)
 
         live_deploy = await self.call(self.kube.get, "apps/v1", "Deployment", ns, name)

@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kms_operator.builders import mapfile_from_configmap
 from tests.helpers import (
     condition,
     create_cr,
@@ -64,7 +65,7 @@ def service(name: str, selector: dict, **spec) -> dict:
 def mapfile_of(api, ns: str, svc: str) -> str:
     obj = get_cr(api, ns, "MapService", svc)
     cm = client.CoreV1Api(api).read_namespaced_config_map(obj["status"]["configMap"], ns)
-    return cm.data["service.map"]
+    return mapfile_from_configmap(cm.data, cm.binary_data)
 
 
 def children(api, ns: str, svc: str) -> dict[str, list[str]]:

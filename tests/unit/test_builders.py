@@ -92,3 +92,19 @@ def test_label_selector():
     assert LabelSelector.model_validate(
         {"matchExpressions": [{"key": "k", "operator": "DoesNotExist"}]}
     ).matches({})
+
+
+def test_large_mapfiles_are_stored_gzipped_and_read_back():
+    small = builders.build_configmap(OWNER, "MAP\nEND\n", "CONFIG\nEND\n", "h1")
+    assert small["data"]["service.map"] == "MAP\nEND\n" and "binaryData" not in small
+    big_text = (
+        "MAP\n"
+        + "".join(f'  LAYER NAME "l{i}" TYPE RASTER STATUS ON END\n' * 1 for i in range(20000))
+        + "END\n"
+    )
+    big = builders.build_configmap(OWNER, big_text, "CONFIG\nEND\n", "h2")
+    assert "service.map" not in big["data"]
+    size = sum(len(v) for v in big["binaryData"].values()) + sum(len(v) for v in big["data"].values())
+    assert len(big_text) > 900_000 and size < 1_000_000, "a ConfigMap holds at most 1 MiB"
+    assert builders.mapfile_from_configmap(big.get("data"), big.get("binaryData")) == big_text
+    assert builders.mapfile_from_configmap(small.get("data"), small.get("binaryData")) == "MAP\nEND\n"

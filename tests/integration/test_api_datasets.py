@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import uuid
 
-import httpx
 import pytest
 
 from tests.helpers import create_cr, get_cr, wait_until
@@ -91,7 +90,7 @@ def test_pagination_sort_and_filters(facade, editor):
     assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 1
     assert [i["id"] for i in page["items"]] == [f"pg-{tag}-3", f"pg-{tag}-2"]
     by_title = editor.get("/datasets", params={"q": tag, "sort": "title"}).json()["items"]
-    assert [i["id"] for i in by_title][0] == f"pg-{tag}-4"
+    assert next(i["id"] for i in by_title) == f"pg-{tag}-4"
     camp = editor.get("/datasets", params={"campaign": f"camp-{tag}"}).json()
     assert {i["id"] for i in camp["items"]} == {f"pg-{tag}-1", f"pg-{tag}-3"}
     assert editor.get("/datasets", params={"limit": 0}).status_code == 422

@@ -40,9 +40,26 @@ go_install() {
 
 command -v go >/dev/null || { log "go is not installed (apt-get install golang-go or a Go >= 1.24 toolchain)"; exit 1; }
 out=()
-# helm reports its version from ldflags (otherwise "v3.x+unknown"); set it like upstream's Makefile.
-go_install helm "$HELM_DIR" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" \
-  "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+# Set the ldflags like upstream's Makefile: the version, and the Kubernetes version `helm template`
+# and `helm lint` assume (from the client-go it is built with; without it helm assumes v1.20).
+helm_ldflags() {
+  local mod client_go major minor ld="-s -w"
+  mod=$(curl -fsSL --max-time 60 "$GOPROXY/helm.sh/helm/v3/@v/$HELM_VERSION.mod")
+  client_go=$(echo "$mod" | sed -nE 's#^\s*k8s\.io/client-go v0\.([0-9]+)\..*#\1#p' | head -1)
+  [ -n "$client_go" ] || { log "helm: cannot read the client-go version from its go.mod"; return 1; }
+  major=1; minor=$client_go
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  ld+=" -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ld+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  echo "$ld"
+}
+if [ -x "$HELM_DIR/helm" ]; then
+  log "helm: cached in $HELM_DIR"
+else
+  go_install helm "$HELM_DIR" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_ldflags)"
+fi
 out+=("$HELM_DIR/helm")
 if [ "${1:-}" = "--actionlint" ]; then
   go_install actionlint "$ACTIONLINT_DIR" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" \

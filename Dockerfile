@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1
+# kube-mapserver: one image, three entry points (all on PATH, run as uid 10001):
+#   kube-mapserver-operator        the Kopf operator (GDAL inspects dataset sources)
+#   python -m kms_api              the FastAPI facade
+#   kube-mapserver-job <type>      the MapJob runner (GDAL)
+# MapServer itself runs from the pinned upstream image (camptocamp/mapserver:8.4), not this one.
+#
+# Debian's python3 (3.11) + python3-gdal: GDAL's Python bindings come from Debian, so the venv is
+# made with --system-site-packages (like the dev venv, hack/setup.sh). Every Python package is
+# pinned by hack/image-constraints.txt and installed from wheels only: the build needs no compiler.
+# Pin the base by digest too (debian:12.11-slim@sha256:...) if your policy asks for it.
+ARG DEBIAN_IMAGE=debian:12.11-slim
+
+# ---------------------------------------------------------------- build: venv with the project
+FROM ${DEBIAN_IMAGE} AS build
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-gdal ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv --system-site-packages /opt/kube-mapserver
+WORKDIR /src
+COPY hack/image-constraints.txt /src/hack/image-constraints.txt
+# dependencies first (a layer that survives source changes)
+RUN /opt/kube-mapserver/bin/pip install --only-binary=:all: -c hack/image-constraints.txt \
+      $(grep -E '^[A-Za-z0-9_.-]+==' hack/image-constraints.txt | cut -d= -f1)
+COPY pyproject.toml README.md /src/
+COPY crds/kms_crds /src/crds/kms_crds
+COPY operator /src/operator
+COPY jobs /src/jobs
+COPY api /src/api
+# the project as a wheel (setuptools lives only in pip's isolated build env, not in the venv)
+RUN /opt/kube-mapserver/bin/pip wheel --no-deps -w /tmp/wheels . \
+ && /opt/kube-mapserver/bin/pip install --no-deps /tmp/wheels/*.whl
+
+# ---------------------------------------------------------------- runtime: no compilers, no pip
+FROM ${DEBIAN_IMAGE}
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="kube-mapserver" \
+      org.opencontainers.image.description="kube-mapserver operator, API facade and job runner" \
+      org.opencontainers.image.source="https://github.com/kube-mapserver/kube-mapserver" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
+ && groupadd --gid 10001 kms \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kms
+COPY --from=build /opt/kube-mapserver /opt/kube-mapserver
+# pip is a build tool: the runtime venv does not need it
+RUN /opt/kube-mapserver/bin/python -m pip uninstall -y -q pip \
+ && rm -f /opt/kube-mapserver/bin/pip*
+ENV PATH=/opt/kube-mapserver/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    CPL_TMPDIR=/tmp \
+    KMS_DATA_ROOT=/data
+# Validation: every entry point imports, GDAL is there, mapscript is not (MapServer pods bring it).
+RUN python -c "import kms_operator.handlers, kms_jobs.cli, kms_crds, kms_api; from osgeo import gdal; print('GDAL', gdal.__version__)" \
+ && kube-mapserver-job --help >/dev/null \
+ && ! python -c "import mapscript" 2>/dev/null \
+ && ! command -v gcc >/dev/null && ! command -v cc >/dev/null && ! command -v make >/dev/null
+USER 10001:10001
+WORKDIR /tmp
+EXPOSE 8000 8080 9090
+ENTRYPOINT []
+CMD ["kube-mapserver-operator"]

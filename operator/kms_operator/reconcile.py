@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -22,11 +23,12 @@ from .inspect_source import InspectError, inspect_source
 from .kube import ApiError, Kube
 from .labels import labels
 from .mapfile import DatasetInput, build_config, build_mapfile, layer_name, mapfile_hash
-from .metrics import MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES
+from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES
 from .settings import Settings
 
 log = logging.getLogger("kms_operator")
 Key = tuple[str, str]  # (namespace, name)
+RENDER_STATUS_FIELDS = ("extent", "wgs84Bbox", "geometryType", "bandCount", "valueRange", "layerName")
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
 
 
@@ -117,6 +119,7 @@ class Operator:
     locks: dict[tuple, asyncio.Lock] = field(default_factory=dict)
     inspections: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (uid, generation) -> result
     pending_since: dict[Key, float] = field(default_factory=dict)
+    rendered: dict[Key, tuple] = field(default_factory=dict)  # last render per service, keyed by its inputs
 
     def __post_init__(self) -> None:
         delay = self.settings.debounce_seconds
@@ -273,6 +276,28 @@ class Operator:
             finally:
                 RECONCILE_SECONDS.labels(kind="MapService").observe(time.monotonic() - t0)
 
+    def _render_key(self, ns: str, generation: int | None, spec: MapServiceSpec, exclude: set[str]) -> tuple:
+        """Everything the mapfile depends on: the service generation and, per selected dataset,
+        its generation, readiness and inspected shape (not servedBy, url or timestamps)."""
+        parts = []
+        for d in self.datasets_in(ns):
+            if d["deleting"] or d["name"] in exclude or not spec.dataset_selector.matches(d["labels"]):
+                continue
+            st = d["status"]
+            ready = get_condition(st, "Ready") or {}
+            shape = json.dumps([st.get(k) for k in RENDER_STATUS_FIELDS], sort_keys=True)
+            parts.append(
+                (
+                    d["name"],
+                    d["generation"],
+                    ready.get("status"),
+                    ready.get("reason"),
+                    ready.get("observedGeneration"),
+                    shape,
+                )
+            )
+        return generation, tuple(sorted(parts))
+
     def _select(
         self, ns: str, spec: MapServiceSpec, exclude: set[str]
     ) -> tuple[list[DatasetInput], list[str], list[str]]:
@@ -313,7 +338,17 @@ class Operator:
         spec = MapServiceSpec.model_validate(body["spec"])
         owner = builders.Owner(name, ns, meta["uid"])
 
-        datasets, excluded, pending = self._select(ns, spec, exclude)
+        key = self._render_key(ns, meta.get("generation"), spec, exclude)
+        cached = self.rendered.get((ns, name))
+        if cached and cached[0] == key:  # nothing that shapes the mapfile changed: no rebuild
+            _, datasets, excluded, pending, mapfile = cached
+            excluded = list(excluded)
+        else:
+            datasets, excluded, pending = self._select(ns, spec, exclude)
+            mapfile = build_mapfile(name, spec, datasets) if not pending else ""
+            if not pending:
+                MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
+            self.rendered[(ns, name)] = (key, datasets, list(excluded), pending, mapfile)
         if pending:
             # Datasets being inspected right now: wait for them (bounded) rather than roll out twice.
             first = self.pending_since.setdefault((ns, name), time.monotonic())
@@ -321,8 +356,10 @@ class Operator:
                 self.service_queue.request((ns, name))
                 return
             excluded += [f"{p} (NotInspected)" for p in pending]
+        if not mapfile:  # pending datasets waited out: build without them
+            mapfile = build_mapfile(name, spec, datasets)
+            MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
         self.pending_since.pop((ns, name), None)
-        mapfile = build_mapfile(name, spec, datasets)
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
         digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
         children = builders.build_children(owner, spec, mapfile, config, digest)

@@ -1,0 +1,242 @@
+"""Shared pieces of the benchmarks: a fresh local plane, the operator as a process, API helpers,
+apiserver write counters and process memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from kubernetes import client, config
+
+REPO = Path(__file__).resolve().parents[1]
+PY = str(REPO / ".venv" / "bin" / "python")
+GROUP, VERSION = "maps.kube-mapserver.io", "v1alpha1"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cluster_mod = _load("kms_bench_cluster", REPO / "hack" / "cluster.py")
+sample_data = _load("kms_bench_samples", REPO / "hack" / "sample_data.py")
+
+
+def percentile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))]
+
+
+def summary(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "mean": statistics.fmean(values),
+    }
+
+
+def wait(probe: Callable[[], object], what: str, timeout: float, interval: float = 0.25):
+    deadline, last, start = time.monotonic() + timeout, None, time.monotonic()
+    next_report = start + 10
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > next_report:
+            log(f"  ... still waiting for {what} ({time.monotonic() - start:.0f}s)")
+            next_report += 10
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Plane:
+    """A local control plane in a temp dir, plus API clients and the CRDs."""
+
+    def __init__(self, workdir: Path):
+        self.plane = cluster_mod.Plane(workdir / "plane")
+        cluster_mod.up(self.plane, port=None, timeout=120)
+        self.kubeconfig = self.plane.kubeconfig
+        self.api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.api.configuration.connection_pool_maxsize = 32
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+        kubectl = cluster_mod.binaries()["kubectl"]
+        subprocess.run(
+            [
+                str(kubectl),
+                f"--kubeconfig={self.kubeconfig}",
+                "apply",
+                "--server-side",
+                "-f",
+                str(REPO / "crds"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(
+            [
+                str(kubectl),
+                f"--kubeconfig={self.kubeconfig}",
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=60s",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def down(self) -> None:
+        cluster_mod.down(self.plane)
+
+    def namespace(self, name: str) -> str:
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        return name
+
+    def create(self, ns: str, plural: str, body: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
+
+    def create_many(self, ns: str, plural: str, bodies: list[dict], workers: int = 8) -> None:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda b: self.create(ns, plural, b), bodies))
+
+    def list(self, ns: str, plural: str) -> list[dict]:
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, ns, plural)["items"]
+
+    def get(self, ns: str, plural: str, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+
+    def apiserver_metrics(self) -> str:
+        import ssl
+
+        pki = self.plane.dir / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        port = self.plane.load()["ports"]["apiserver"]
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx, timeout=30) as r:
+            return r.read().decode()
+
+    def writes(self, resources: set[str]) -> dict[str, int]:
+        """apiserver_request_total of write verbs per resource (the apiserver's own count)."""
+        out: dict[str, int] = {}
+        pat = re.compile(r"^apiserver_request_total\{([^}]*)\} ([0-9.e+]+)$")
+        for line in self.apiserver_metrics().splitlines():
+            m = pat.match(line)
+            if not m:
+                continue
+            labels = dict(kv.split("=", 1) for kv in re.findall(r'(\w+="[^"]*")', m.group(1)))
+            labels = {k: v.strip('"') for k, v in labels.items()}
+            if (
+                labels.get("verb") in ("POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE")
+                and labels.get("resource") in resources
+            ):
+                key = f"{labels['verb']} {labels['resource']}" + (
+                    f"/{labels['subresource']}" if labels.get("subresource") else ""
+                )
+                out[key] = out.get(key, 0) + int(float(m.group(2)))
+        return out
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, data_root: Path, logfile: Path, **env: str):
+        self.kubeconfig, self.data_root, self.logfile, self.env = kubeconfig, data_root, logfile, env
+        self.proc: subprocess.Popen | None = None
+        self.metrics_port = cluster_mod.free_port()
+        self.liveness_port = cluster_mod.free_port()
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KMS_DATA_ROOT": str(self.data_root),
+            "KMS_METRICS_PORT": str(self.metrics_port),
+            "KMS_METRICS_ADDR": "127.0.0.1",
+            **self.env,
+        }
+        with open(self.logfile, "ab") as out:
+            self.proc = subprocess.Popen(
+                [PY, "-m", "kms_operator", "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+        def alive():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2):
+                    return True
+            except OSError:
+                return False
+
+        wait(alive, "operator liveness", 60)
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            self.proc.wait(timeout=30)
+
+    def metric(self, name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def dataset_body(name: str, path: str, labels: dict[str, str], title: str | None = None) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MapDataset",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "type": "raster",
+            "source": {"path": path},
+            "identifier": f"bench:{name}",
+            "title": title or f"Bench dataset {name}",
+            "style": {"colorRamp": "viridis", "classes": 8, "range": {"min": 0, "max": 30}},
+        },
+    }
+
+
+def service_body(name: str, selector: dict[str, str]) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MapService",
+        "metadata": {"name": name},
+        "spec": {"datasetSelector": {"matchLabels": selector}, "replicas": 1},
+    }
+
+
+def dump(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True))

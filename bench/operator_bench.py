@@ -1,0 +1,170 @@
+"""Operator benchmarks: bulk apply -> Ready, single apply latency, writes on a forced resync,
+re-renders on one change, memory."""
+
+from __future__ import annotations
+
+import time
+
+from kubernetes import client
+
+from bench.common import Operator, Plane, dataset_body, log, rss_mb, service_body, summary, wait
+from kms_operator.builders import mapfile_from_configmap
+
+OUR_RESOURCES = {
+    "mapdatasets",
+    "mapservices",
+    "mapjobs",
+    "configmaps",
+    "deployments",
+    "services",
+    "events",
+    "ingresses",
+    "horizontalpodautoscalers",
+    "poddisruptionbudgets",
+    "jobs",
+}
+
+
+def ready_count(plane: Plane, ns: str) -> int:
+    n = 0
+    for d in plane.list(ns, "mapdatasets"):
+        for c in (d.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Ready" and c["status"] == "True":
+                n += 1
+    return n
+
+
+def mapfile_layers(plane: Plane, ns: str, service: str) -> int:
+    svc = plane.get(ns, "mapservices", service)
+    cm_name = (svc.get("status") or {}).get("configMap")
+    if not cm_name:
+        return -1
+    cm = plane.core.read_namespaced_config_map(cm_name, ns)
+    return mapfile_from_configmap(cm.data, cm.binary_data).count("\n  LAYER\n")
+
+
+def bulk_apply(plane: Plane, n: int, path: str) -> dict:
+    """Apply n datasets + one service selecting them; time until all Ready and n layers served."""
+    ns = plane.namespace(f"bulk-{n}")
+    t0 = time.monotonic()
+    plane.create(ns, "mapservices", service_body("svc", {"bulk": "yes"}))
+    bodies = [dataset_body(f"d{i:05d}", path, {"bulk": "yes"}) for i in range(n)]
+    plane.create_many(ns, "mapdatasets", bodies)
+    t_created = time.monotonic() - t0
+    log(f"  {n} datasets created in {t_created:.1f}s; waiting for Ready and {n} layers")
+    wait(lambda: ready_count(plane, ns) == n, f"{n} datasets Ready", timeout=max(120, n * 0.5))
+    t_ready = time.monotonic() - t0
+    wait(lambda: mapfile_layers(plane, ns, "svc") == n, f"mapfile with {n} layers", timeout=max(120, n * 0.5))
+    t_served = time.monotonic() - t0
+    return {"n": n, "created_s": t_created, "all_ready_s": t_ready, "all_served_s": t_served, "namespace": ns}
+
+
+def single_apply(plane: Plane, ns: str, path: str, count: int = 20) -> dict:
+    """Apply one dataset at a time into a namespace that already holds many; apply -> Ready."""
+    lat = []
+    for i in range(count):
+        name = f"single-{i:03d}"
+        t0 = time.monotonic()
+        plane.create(ns, "mapdatasets", dataset_body(name, path, {"bulk": "yes"}))
+
+        def ready(name=name):
+            d = plane.get(ns, "mapdatasets", name)
+            return any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (d.get("status") or {}).get("conditions") or []
+            )
+
+        wait(ready, f"{name} Ready", timeout=60, interval=0.02)
+        lat.append(time.monotonic() - t0)
+    return summary(lat)
+
+
+def resync_writes(plane: Plane, operator: Operator, ns: str, n: int) -> dict:
+    """Restart the operator (forced resync of everything) and count API writes it caused."""
+    time.sleep(3)
+    before = plane.writes(OUR_RESOURCES)
+    operator.stop()
+    t0 = time.monotonic()
+    operator.start()
+    # the resume handlers have run once every dataset was reconciled again by the new process
+    wait(
+        lambda: operator.metric("kms_reconciles_total", kind="MapDataset") >= n,
+        "resume of all datasets",
+        timeout=max(120, n * 0.2),
+    )
+    wait(lambda: operator.metric("kms_reconciles_total", kind="MapService") >= 1, "resume of the service", 60)
+    resync_s = time.monotonic() - t0
+    time.sleep(3)
+    after = plane.writes(OUR_RESOURCES)
+    diff = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    diff = {k: v for k, v in diff.items() if v}
+    return {"writes": sum(diff.values()), "by_verb_resource": diff, "resync_s": resync_s}
+
+
+def rerenders(plane: Plane, operator: Operator, ns: str) -> dict:
+    """One dataset changes among many: how often is each service's mapfile built?"""
+    plane.create(ns, "mapservices", service_body("other", {"bulk": "no"}))
+    plane.create(ns, "mapdatasets", dataset_body("other-1", "ocean/sst-sample.tif", {"bulk": "no"}))
+    wait(lambda: mapfile_layers(plane, ns, "other") == 1, "second service serving its dataset", 60)
+    time.sleep(3)
+    before = {s: operator.metric("kms_mapfile_builds_total", service=s) for s in ("svc", "other")}
+    old_hash = plane.get(ns, "mapservices", "svc")["status"]["mapfileHash"]
+    plane.custom.patch_namespaced_custom_object(
+        "maps.kube-mapserver.io", "v1alpha1", ns, "mapdatasets", "d00007", {"spec": {"title": "A new title"}}
+    )
+    wait(lambda: plane.get(ns, "mapservices", "svc")["status"]["mapfileHash"] != old_hash, "re-render", 60)
+    time.sleep(3)
+    after = {s: operator.metric("kms_mapfile_builds_total", service=s) for s in ("svc", "other")}
+    return {s: after[s] - before[s] for s in after}
+
+
+def run(plane: Plane, workdir, sizes: list[int], data_root, path: str) -> dict:
+    results: dict = {"bulk": [], "notes": []}
+    op = Operator(plane.kubeconfig, data_root, workdir / "operator.log")
+    op.start()
+    try:
+        big_ns = None
+        for n in sizes:
+            log(f"bulk apply of {n} datasets")
+            r = bulk_apply(plane, n, path)
+            r["operator_rss_mb"] = rss_mb(op.proc.pid)
+            log(
+                f"  all Ready {r['all_ready_s']:.1f}s, served {r['all_served_s']:.1f}s, RSS {r['operator_rss_mb']:.0f} MB"
+            )
+            results["bulk"].append(r)
+            big_ns = r["namespace"] if n == 1000 or big_ns is None else big_ns
+        ns = big_ns
+        n_in_ns = next(r["n"] for r in results["bulk"] if r["namespace"] == ns)
+        log(f"single dataset apply -> Ready with {n_in_ns} datasets in the namespace")
+        results["single_apply"] = single_apply(plane, ns, path)
+        log(f"  p50 {results['single_apply']['p50']:.2f}s p95 {results['single_apply']['p95']:.2f}s")
+        log("re-renders when one dataset changes")
+        results["rerenders"] = rerenders(plane, op, ns)
+        log(f"  {results['rerenders']}")
+        total = sum(r["n"] for r in results["bulk"]) + 20 + 1
+        log(f"forced resync (operator restart) over {total} datasets")
+        results["resync"] = resync_writes(plane, op, ns, total)
+        log(f"  {results['resync']['writes']} writes {results['resync']['by_verb_resource']}")
+        results["operator_rss_mb"] = rss_mb(op.proc.pid)
+    finally:
+        op.stop()
+    return results
+
+
+def rss_at(plane: Plane, workdir, data_root, path: str, n: int) -> float:
+    """Operator RSS after it has processed n datasets."""
+    op = Operator(plane.kubeconfig, data_root, workdir / "operator-rss.log")
+    op.start()
+    try:
+        ns = plane.namespace(f"rss-{n}")
+        plane.create(ns, "mapservices", service_body("svc", {"rss": "yes"}))
+        bodies = [dataset_body(f"r{i:05d}", path, {"rss": "yes"}) for i in range(n)]
+        plane.create_many(ns, "mapdatasets", bodies, workers=16)
+        wait(lambda: ready_count(plane, ns) == n, f"{n} datasets Ready", timeout=n * 0.5)
+        time.sleep(2)
+        return rss_mb(op.proc.pid)
+    finally:
+        op.stop()
+
+
+__all__ = ["client", "rss_at", "run"]

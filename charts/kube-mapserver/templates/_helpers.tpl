@@ -113,3 +113,58 @@ priorityClassName: {{ . }}
   emptyDir: {}
 {{- end }}
 {{- end }}
+
+{{/* Credentials: the given value, else the live Secret's (lookup: kept across upgrades), else a
+random one. Memoized in .Values so every template of one render sees the same value. */}}
+{{- define "kms.memo" -}}
+{{- if not (hasKey .Values "__kmsGenerated") }}
+{{- $_ := set .Values "__kmsGenerated" (dict) }}
+{{- end }}
+{{- end }}
+
+{{- define "kms.adminPassword" -}}
+{{- include "kms.memo" . }}
+{{- if not (hasKey .Values.__kmsGenerated "admin") }}
+{{- $password := .Values.auth.admin.password }}
+{{- if not $password }}
+{{- $live := lookup "v1" "Secret" .Release.Namespace (include "kms.adminSecret" .) }}
+{{- if and $live $live.data (hasKey $live.data .Values.auth.admin.passwordKey) }}
+{{- $password = index $live.data .Values.auth.admin.passwordKey | b64dec }}
+{{- else }}
+{{- $password = randAlphaNum 24 }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Values.__kmsGenerated "admin" $password }}
+{{- end }}
+{{- index .Values.__kmsGenerated "admin" }}
+{{- end }}
+
+{{- define "kms.jwtSigningKey" -}}
+{{- include "kms.memo" . }}
+{{- if not (hasKey .Values.__kmsGenerated "jwt") }}
+{{- $key := .Values.auth.jwt.signingKey }}
+{{- if not $key }}
+{{- $live := lookup "v1" "Secret" .Release.Namespace (include "kms.jwtSecret" .) }}
+{{- if and $live $live.data (hasKey $live.data "signing-key") }}
+{{- $key = index $live.data "signing-key" | b64dec }}
+{{- else }}
+{{- $key = randAlphaNum 64 }}
+{{- end }}
+{{- end }}
+{{- $_ := set .Values.__kmsGenerated "jwt" $key }}
+{{- end }}
+{{- index .Values.__kmsGenerated "jwt" }}
+{{- end }}
+
+{{/* Changes when the admin's password or the signing key changes: restarts the facade, whose init
+container re-applies the admin password. */}}
+{{- define "kms.authChecksum" -}}
+{{- $parts := list .Values.auth.admin.username .Values.auth.admin.existingSecret .Values.auth.admin.passwordKey }}
+{{- if and .Values.auth.admin.bootstrap (not .Values.auth.admin.existingSecret) }}
+{{- $parts = append $parts (include "kms.adminPassword" .) }}
+{{- end }}
+{{- if .Values.auth.jwt.create }}
+{{- $parts = append $parts (include "kms.jwtSigningKey" .) }}
+{{- end }}
+{{- join "\n" $parts | sha256sum }}
+{{- end }}

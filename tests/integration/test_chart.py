@@ -1,0 +1,424 @@
+"""The Helm chart against a real kube-apiserver (the local control plane; kwok runs the pods):
+
+- the rendered chart applied server-side gets Running operator and facade pods; deleting what was
+  rendered leaves nothing behind but the CRDs;
+- a real `helm install` / `upgrade` / `uninstall`: generated credentials survive the upgrade;
+- least privilege: what the chart's ServiceAccounts may and may not do (`kubectl auth can-i --as`,
+  plus real calls under impersonation);
+- the CRD chart upgrades a CRD (a new field) and keeps the CRDs on uninstall.
+
+Images never pull or run here (kwok fakes the pods); the kind workflow runs them for real."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.helpers import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_chart_module():
+    spec = importlib.util.spec_from_file_location("kms_hack_chart", REPO / "hack" / "chart.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+chart = _load_chart_module()
+
+pytestmark = pytest.mark.skipif(
+    not chart.helm_path().exists(),
+    reason=f"helm is not built ({chart.helm_path()}): run `make helm` (hack/build-helm.sh)",
+)
+
+NAMESPACED_KINDS = [
+    ("v1", "pods"),
+    ("v1", "services"),
+    ("v1", "secrets"),
+    ("v1", "configmaps"),
+    ("v1", "serviceaccounts"),
+    ("v1", "persistentvolumeclaims"),
+    ("apps/v1", "deployments"),
+    ("apps/v1", "replicasets"),
+    ("rbac.authorization.k8s.io/v1", "roles"),
+    ("rbac.authorization.k8s.io/v1", "rolebindings"),
+    ("networking.k8s.io/v1", "ingresses"),
+    ("policy/v1", "poddisruptionbudgets"),
+]
+CLUSTER_KINDS = [
+    ("rbac.authorization.k8s.io/v1", "clusterroles"),
+    ("rbac.authorization.k8s.io/v1", "clusterrolebindings"),
+]
+
+
+def kubectl(cluster, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        [*cluster.kubectl, *args], input=input, capture_output=True, text=True, timeout=120, check=False
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r
+
+
+def helm(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = chart.helm(*args, f"--kubeconfig={cluster.kubeconfig}", check=False)
+    if check and r.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({r.returncode}):\n{r.stdout}{r.stderr}")
+    return r
+
+
+def render(namespace: str, *sets: str) -> str:
+    """The chart as `helm template` renders it, released as the namespace's name (unique names for
+    the cluster-scoped RBAC objects)."""
+    return chart.template(release=namespace, namespace=namespace, set_values=list(sets))
+
+
+def docs(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def instance_objects(cluster, namespace: str, release: str) -> list[str]:
+    """Everything labelled with the release, in its namespace and cluster-wide."""
+    sel = f"app.kubernetes.io/instance={release}"
+    found = []
+    for _api_version, plural in NAMESPACED_KINDS:
+        r = kubectl(cluster, "get", plural, "-n", namespace, "-l", sel, "-o", "name", check=False)
+        found += [line for line in r.stdout.split() if line]
+    for _api_version, plural in CLUSTER_KINDS:
+        r = kubectl(cluster, "get", plural, "-l", sel, "-o", "name", check=False)
+        found += [line for line in r.stdout.split() if line]
+    return found
+
+
+def running_pods(cluster, namespace: str, component: str) -> list[dict]:
+    pods = client.CoreV1Api(cluster.api).list_namespaced_pod(
+        namespace, label_selector=f"app.kubernetes.io/component={component}"
+    )
+    return [p for p in pods.items if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+
+def wait_running(cluster, namespace: str) -> None:
+    for component in ("operator", "facade"):
+        wait_until(
+            lambda c=component: running_pods(cluster, namespace, c),
+            f"a Running {component} pod in {namespace}",
+            timeout=90,
+        )
+
+
+def crd_names() -> list[str]:
+    return sorted(d["metadata"]["name"] for p in (REPO / "crds").glob("*.yaml") for d in docs(p.read_text()))
+
+
+# ------------------------------------------------------------------------------------ install
+
+
+def test_rendered_chart_applies_server_side_and_deletes_cleanly(cluster, crds, namespace):
+    text = render(namespace)
+    rendered = docs(text)
+    kubectl(cluster, "apply", "--server-side", "--field-manager=kms-chart-test", "-f", "-", input=text)
+    wait_running(cluster, namespace)
+    op = running_pods(cluster, namespace, "operator")
+    assert len(op) == 1, "exactly one operator pod"
+    spec = op[0].spec
+    assert spec.service_account_name == f"{namespace}-kube-mapserver-operator"
+    assert spec.security_context.run_as_non_root is True
+    deploy = client.AppsV1Api(cluster.api).read_namespaced_deployment(
+        f"{namespace}-kube-mapserver-operator", namespace
+    )
+    assert deploy.spec.strategy.type == "Recreate"
+
+    # uninstall = delete exactly what was rendered
+    kubectl(cluster, "delete", "--wait=true", "--timeout=90s", "-f", "-", input=text)
+    for o in rendered:
+        ns = ["-n", o["metadata"]["namespace"]] if o["metadata"].get("namespace") else []
+        r = kubectl(cluster, "get", o["kind"], o["metadata"]["name"], *ns, check=False)
+        assert r.returncode != 0 and "NotFound" in r.stderr, f"{o['kind']} {o['metadata']['name']} survived"
+    wait_until(
+        lambda: not instance_objects(cluster, namespace, namespace),
+        f"nothing labelled app.kubernetes.io/instance={namespace} left",
+        timeout=90,
+    )
+    ext = client.ApiextensionsV1Api(cluster.api)
+    for name in crd_names():
+        assert ext.read_custom_resource_definition(name).metadata.name == name, "CRDs stay"
+
+
+def test_helm_install_upgrade_keeps_generated_secrets_and_uninstall_leaves_nothing(cluster, crds, namespace):
+    release = namespace
+    args = [str(chart.CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout=120s"]
+    helm(cluster, "install", release, *args)
+    wait_running(cluster, namespace)
+    core = client.CoreV1Api(cluster.api)
+
+    def secret(name: str) -> dict[str, bytes]:
+        return {k: base64.b64decode(v) for k, v in core.read_namespaced_secret(name, namespace).data.items()}
+
+    admin, jwt = secret(f"{release}-kube-mapserver-admin"), secret("kube-mapserver-jwt")
+    assert len(admin["password"]) == 24 and len(jwt["signing-key"]) == 64
+    facade = client.AppsV1Api(cluster.api).read_namespaced_deployment(
+        f"{release}-kube-mapserver-api", namespace
+    )
+    checksum = facade.spec.template.metadata.annotations["checksum/auth"]
+
+    # an upgrade that changes something else: the credentials are looked up, not regenerated
+    helm(cluster, "upgrade", release, *args, "--set", "facade.tokenTTL=7200")
+    assert secret(f"{release}-kube-mapserver-admin") == admin
+    assert secret("kube-mapserver-jwt") == jwt
+    facade = client.AppsV1Api(cluster.api).read_namespaced_deployment(
+        f"{release}-kube-mapserver-api", namespace
+    )
+    assert facade.spec.template.metadata.annotations["checksum/auth"] == checksum, "no restart for nothing"
+    env = {e.name: e.value for e in facade.spec.template.spec.containers[0].env}
+    assert env["KMS_TOKEN_TTL"] == "7200"
+    status = json.loads(helm(cluster, "status", release, "-n", namespace, "-o", "json").stdout)
+    assert status["version"] == 2 and status["info"]["status"] == "deployed"
+    assert "kubectl -n" in status["info"]["notes"] and "/token" in status["info"]["notes"]
+
+    helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout=120s")
+    wait_until(
+        lambda: not instance_objects(cluster, namespace, release),
+        f"nothing of release {release} left",
+        timeout=90,
+    )
+    left = core.list_namespaced_secret(namespace, label_selector=f"owner=helm,name={release}").items
+    assert not left, "helm's release records are gone"
+    ext = client.ApiextensionsV1Api(cluster.api)
+    assert all(ext.read_custom_resource_definition(n) for n in crd_names()), "CRDs stay"
+
+
+# ------------------------------------------------------------------------------------ RBAC
+
+
+def can_i(cluster, sa: str, namespace: str, verb: str, resource: str, *extra: str) -> bool:
+    r = kubectl(
+        cluster,
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        f"--as=system:serviceaccount:{namespace}:{sa}",
+        *extra,
+        check=False,
+    )
+    assert r.stdout.strip() in ("yes", "no"), r.stdout + r.stderr
+    return r.stdout.strip() == "yes"
+
+
+def test_rbac_is_least_privilege(cluster, crds, namespace):
+    kubectl(
+        cluster,
+        "apply",
+        "--server-side",
+        "--field-manager=kms-chart-test",
+        "-f",
+        "-",
+        input=render(namespace),
+    )
+    op, fc = f"{namespace}-kube-mapserver-operator", f"{namespace}-kube-mapserver-api"
+    other = "default"  # the operator is cluster-wide: any namespace
+    operator_allowed = [
+        ("patch", "mapservices.maps.kube-mapserver.io", "--subresource=status", "-n", other),
+        ("patch", "mapjobs.maps.kube-mapserver.io", "--subresource=status", "-n", other),
+        ("watch", "mapdatasets.maps.kube-mapserver.io", "-A"),
+        ("create", "mapdatasets.maps.kube-mapserver.io", "-n", other),
+        ("create", "deployments.apps", "-n", other),
+        ("patch", "configmaps", "-n", other),
+        ("delete", "services", "-n", other),
+        ("list", "replicasets.apps", "-n", other),
+        ("create", "jobs.batch", "-n", other),
+        ("delete", "pods", "-n", other),
+        ("create", "events", "-n", other),
+        ("create", "ingresses.networking.k8s.io", "-n", other),
+        ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ]
+    operator_denied = [
+        ("list", "secrets", "-A"),
+        ("get", "secrets", "-n", namespace),
+        ("create", "pods", "--subresource=exec", "-n", other),
+        ("create", "pods", "-n", other),
+        ("update", "deployments.apps", "-n", other),
+        ("delete", "mapservices.maps.kube-mapserver.io", "-n", other),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "rolebindings.rbac.authorization.k8s.io", "-n", other),
+        ("list", "nodes"),
+        ("delete", "namespaces"),
+    ]
+    facade_allowed = [
+        ("create", "mapdatasets.maps.kube-mapserver.io"),
+        ("delete", "mapdatasets.maps.kube-mapserver.io"),
+        ("patch", "mapjobs.maps.kube-mapserver.io"),
+        ("watch", "mapservices.maps.kube-mapserver.io"),
+        ("get", "secrets/kube-mapserver-users"),
+        ("watch", "secrets/kube-mapserver-jwt"),
+        ("patch", "secrets/kube-mapserver-users"),
+        ("create", "secrets"),
+        ("get", "configmaps/kube-mapserver-config"),
+        ("update", "configmaps/kube-mapserver-tombstones"),
+    ]
+    facade_denied = [
+        ("list", "secrets"),
+        ("get", "secrets/other-app-credentials"),
+        ("get", f"secrets/{namespace}-kube-mapserver-admin"),
+        ("get", "configmaps/other"),
+        ("list", "secrets", "-A"),
+        ("create", "mapdatasets.maps.kube-mapserver.io", "-n", other),
+        ("patch", "mapservices.maps.kube-mapserver.io"),
+        ("patch", "mapdatasets.maps.kube-mapserver.io", "--subresource=status"),
+        ("delete", "deployments.apps"),
+        ("create", "pods", "--subresource=exec"),
+        ("create", "jobs.batch"),
+    ]
+    wrong = []
+    for sa, checks, want, default_ns in (
+        (op, operator_allowed, True, other),
+        (op, operator_denied, False, other),
+        (fc, facade_allowed, True, namespace),
+        (fc, facade_denied, False, namespace),
+    ):
+        for verb, resource, *extra in checks:
+            scoped = extra if any(e in ("-n", "-A") for e in extra) else [*extra, "-n", default_ns]
+            if can_i(cluster, sa, namespace, verb, resource, *scoped) != want:
+                wrong.append(f"{sa} {verb} {resource} {' '.join(scoped)}: expected {'yes' if want else 'no'}")
+    assert not wrong, "RBAC differs from least privilege:\n" + "\n".join(wrong)
+
+    # real calls under impersonation, the way the components make them
+    as_op = [f"--as=system:serviceaccount:{namespace}:{op}"]
+    as_fc = [f"--as=system:serviceaccount:{namespace}:{fc}"]
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa-probe", "namespace": namespace}}
+    kubectl(
+        cluster,
+        "apply",
+        "--server-side",
+        "--field-manager=kube-mapserver",
+        *as_op,
+        "-f",
+        "-",
+        input=json.dumps(cm),
+    )
+    r = kubectl(cluster, "get", "secrets", "-A", *as_op, check=False)
+    assert r.returncode != 0 and "Forbidden" in r.stderr
+    # the facade's single-object watch (fieldSelector metadata.name) is authorized by resourceNames
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="kube-mapserver-users"), string_data={})
+    )
+    r = kubectl(
+        cluster,
+        "get",
+        "secrets",
+        "-n",
+        namespace,
+        "--field-selector=metadata.name=kube-mapserver-users",
+        *as_fc,
+    )
+    assert "kube-mapserver-users" in r.stdout
+    r = kubectl(cluster, "get", "secrets", "-n", namespace, *as_fc, check=False)
+    assert r.returncode != 0 and "Forbidden" in r.stderr
+
+
+def test_namespaced_operator_is_confined_to_its_namespaces(cluster, crds, namespace):
+    text = render(namespace, f"operator.watchNamespaces={{{namespace}}}")
+    kubectl(cluster, "apply", "--server-side", "--field-manager=kms-chart-test", "-f", "-", input=text)
+    op = f"{namespace}-kube-mapserver-operator"
+    assert can_i(cluster, op, namespace, "create", "deployments.apps", "-n", namespace)
+    assert can_i(
+        cluster,
+        op,
+        namespace,
+        "patch",
+        "mapservices.maps.kube-mapserver.io",
+        "--subresource=status",
+        "-n",
+        namespace,
+    )
+    assert not can_i(cluster, op, namespace, "create", "deployments.apps", "-n", "default")
+    assert not can_i(cluster, op, namespace, "list", "mapdatasets.maps.kube-mapserver.io", "-A")
+    assert can_i(cluster, op, namespace, "watch", "namespaces")
+    assert not can_i(cluster, op, namespace, "get", "secrets", "-n", namespace)
+    wait_running(cluster, namespace)
+    kubectl(cluster, "delete", "--wait=true", "--timeout=90s", "-f", "-", input=text)
+    wait_until(lambda: not instance_objects(cluster, namespace, namespace), "nothing left", timeout=90)
+
+
+# ------------------------------------------------------------------------------------ CRD upgrades
+
+
+def test_crd_chart_upgrade_adds_a_field_and_uninstall_keeps_the_crds(cluster, namespace, tmp_path):
+    """helm install the CRD chart, upgrade it with a new spec field, see the field stored; uninstall
+    keeps the CRDs. Run on a copy of the chart whose API group is unique to this test."""
+    group = f"{namespace}.test.kube-mapserver.io"
+    work = tmp_path / "kube-mapserver-crds"
+    shutil.copytree(chart.CRD_CHART, work)
+    for f in (work / "files").glob("*.yaml"):
+        f.write_text(f.read_text().replace("maps.kube-mapserver.io", group))
+    names = sorted(f"{p}.{group}" for p in ("mapdatasets", "mapservices", "mapjobs"))
+    ext = client.ApiextensionsV1Api(cluster.api)
+    co = client.CustomObjectsApi(cluster.api)
+    release = f"{namespace}-crds"
+    try:
+        helm(cluster, "install", release, str(work), "-n", namespace, "--wait", "--timeout=60s")
+        for n in names:
+            wait_until(
+                lambda n=n: any(
+                    c.type == "Established" and c.status == "True"
+                    for c in ext.read_custom_resource_definition(n).status.conditions or []
+                ),
+                f"CRD {n} Established",
+            )
+        example = yaml.safe_load((REPO / "examples" / "raster-dataset.yaml").read_text())
+        body = {
+            "apiVersion": f"{group}/v1alpha1",
+            "kind": "MapDataset",
+            "metadata": {"name": "upgraded"},
+            "spec": {**example["spec"], "futureField": "v2"},
+        }
+        co.create_namespaced_custom_object(group, "v1alpha1", namespace, "mapdatasets", body)
+        got = co.get_namespaced_custom_object(group, "v1alpha1", namespace, "mapdatasets", "upgraded")
+        assert "futureField" not in got["spec"], "before the upgrade an unknown field is pruned"
+
+        # the next chart version: MapDataset gets spec.futureField
+        path = work / "files" / "maps.kube-mapserver.io_mapdatasets.yaml"
+        crd = yaml.safe_load(path.read_text())
+        props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        props["futureField"] = {"type": "string", "description": "A field added by the upgrade."}
+        path.write_text(yaml.safe_dump(crd, sort_keys=False))
+        meta = yaml.safe_load((work / "Chart.yaml").read_text())
+        meta["version"] = "0.1.1"
+        (work / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+        helm(cluster, "upgrade", release, str(work), "-n", namespace, "--wait", "--timeout=60s")
+
+        def stored() -> bool:
+            co.patch_namespaced_custom_object(
+                group, "v1alpha1", namespace, "mapdatasets", "upgraded", {"spec": {"futureField": "v2"}}
+            )
+            obj = co.get_namespaced_custom_object(group, "v1alpha1", namespace, "mapdatasets", "upgraded")
+            return obj["spec"].get("futureField") == "v2"
+
+        wait_until(stored, "spec.futureField stored after the CRD upgrade", timeout=30)
+
+        helm(cluster, "uninstall", release, "-n", namespace, "--wait")
+        for n in names:
+            crd = ext.read_custom_resource_definition(n)
+            assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
+        got = co.get_namespaced_custom_object(group, "v1alpha1", namespace, "mapdatasets", "upgraded")
+        assert got["spec"]["futureField"] == "v2", "the custom resources survive the uninstall"
+    finally:
+        for n in names:
+            try:
+                ext.delete_custom_resource_definition(n)
+            except client.ApiException as e:
+                if e.status != 404:
+                    raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,14 @@ COMMON_RESPONSES = {
 }
 
 
+def _ensure_key(cr: CRClient) -> None:
+    """Create the signing key Secret early (in the background: startup never waits on the apiserver)."""
+    try:
+        cr.ensure_jwt_key()
+    except KubeError as e:  # created on the first login instead
+        log.warning("could not read or create the signing key yet: %s", e)
+
+
 def create_app(settings: Settings | None = None, kube: Kube | None = None) -> FastAPI:
     """A facade for one namespace. Caches start with the app (lifespan) and stop with it."""
     settings = settings or Settings.from_env()
@@ -48,10 +57,7 @@ def create_app(settings: Settings | None = None, kube: Kube | None = None) -> Fa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cr.start()
         log.info("facade for namespace %s starting; watching its resources", settings.namespace)
-        try:
-            cr.ensure_jwt_key()
-        except KubeError as e:  # created on the first login instead
-            log.warning("could not read or create the signing key yet: %s", e)
+        threading.Thread(target=_ensure_key, args=(cr,), name="jwt-key", daemon=True).start()
         yield
         cr.stop()
 

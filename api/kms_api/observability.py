@@ -18,6 +18,9 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 CACHED = Gauge("kms_api_cached_objects", "Objects in the watch cache", ["resource"])
+RELISTS = Gauge(
+    "kms_api_cache_lists", "Full LISTs done by the watch cache (start, 410 Gone, errors)", ["resource"]
+)
 LOGINS = Counter("kms_api_logins_total", "Login attempts", ["result"])
 
 access = logging.getLogger("kms_api.access")
@@ -88,4 +91,5 @@ def install(app: FastAPI) -> None:
         ctx = app.state.ctx
         for store in ctx.cr.stores:
             CACHED.labels(store.what).set(len(store))
+            RELISTS.labels(store.what).set(store.relists)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

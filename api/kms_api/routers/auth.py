@@ -52,12 +52,13 @@ async def token(
     return await _login(ctx, username, password, client_ip(request))
 
 
+_LOGIN_SCHEMA = LoginRequest.model_json_schema(by_alias=True)
 LOGIN_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/LoginRequest"}},
-            "application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/LoginRequest"}},
+            "application/json": {"schema": _LOGIN_SCHEMA},
+            "application/x-www-form-urlencoded": {"schema": _LOGIN_SCHEMA},
         },
     }
 }

@@ -26,6 +26,7 @@ from kms_crds.mapjob import (
 from .. import jobs_service, views
 from ..deps import Ctx, EditorUser, ViewerUser
 from ..errors import Problem
+from ..kube import KubeError
 from ..models import (
     DNS_LABEL,
     CleanupRequest,
@@ -107,7 +108,13 @@ def cancel_job(id: JobId, _: EditorUser, ctx: Ctx):
     if views.is_terminal(obj):
         state = views.job_view(obj)["state"]
         raise Problem(409, f"job {id!r} already finished ({state}); it cannot be cancelled", "id")
-    return views.job_view(ctx.cr.patch_job(id, {"spec": {"cancel": True}}))
+    try:
+        return views.job_view(ctx.cr.patch_job(id, {"spec": {"cancel": True}}))
+    except KubeError as e:
+        if e.status == 404:  # deleted since the cache saw it
+            ctx.cr.jobs.forget(id)
+            return _unknown(id)
+        raise
 
 
 @router.delete(

@@ -51,3 +51,41 @@ bench: setup binaries  ## benchmarks (not part of make test)
 
 clean: cluster-down
 	rm -rf .kms
+
+# ---------------------------------------------------------------------------------------------
+# Shipping: Helm chart, plain manifests, image, smoke walks, kind (hack/tool-versions.env pins
+# helm, actionlint and kind; built once from the Go module proxy into ~/.cache/kube-mapserver/bin).
+.PHONY: helm manifests chart-lint actionlint smoke smoke-local kind-up kind-smoke kind-logs kind-down
+
+helm:  ## build helm and actionlint once (cached); the chart tests need them
+	hack/build-helm.sh --actionlint
+
+manifests: setup helm  ## copy crds/ into the charts and render deploy/ (plain YAML for GitOps)
+	$(PY) hack/chart.py manifests
+
+chart-lint: helm  ## helm lint the charts with every values profile
+	$(PY) hack/chart.py helm lint charts/kube-mapserver --strict
+	$(PY) hack/chart.py helm lint charts/kube-mapserver --strict -f charts/kube-mapserver/values-local.yaml
+	$(PY) hack/chart.py helm lint charts/kube-mapserver --strict -f charts/kube-mapserver/values-production.yaml
+	$(PY) hack/chart.py helm lint charts/kube-mapserver-crds --strict
+
+actionlint: helm  ## lint .github/workflows
+	hack/actionlint.sh
+
+smoke:  ## smoke walk against a running product: KMS_URL (default http://127.0.0.1:8000), KMS_PASSWORD
+	PYTHON=$(PY) hack/smoke.sh
+
+smoke-local: setup binaries  ## smoke walk against a fresh local stack (started and stopped here)
+	$(PY) hack/smoke_local.py
+
+kind-up:  ## kind cluster + image build/load + helm install with values-local (needs Docker)
+	hack/kind.sh up
+
+kind-smoke:  ## smoke walk on the kind cluster (after kind-up)
+	hack/kind.sh smoke
+
+kind-logs:  ## pods, events, resources and logs of the kind installation
+	hack/kind.sh logs
+
+kind-down:  ## delete the kind cluster
+	hack/kind.sh down

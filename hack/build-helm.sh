@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build helm (and, with --actionlint, actionlint) once from the Go module proxy into the same cache
-# as the control plane: ~/.cache/kube-mapserver/bin/<name>-<version>/ (override with KMS_CACHE_DIR).
-# Usage: hack/build-helm.sh [--actionlint]   (prints the binary path(s) on the last line)
+# Build helm (and with --actionlint / --kind those too) once from the Go module proxy into the same
+# cache as the control plane: ~/.cache/kube-mapserver/bin/<name>-<version>/ (override with
+# KMS_CACHE_DIR). Versions: hack/tool-versions.env.
+# Usage: hack/build-helm.sh [--actionlint] [--kind]   (prints the binary path(s) on the last line)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tool-versions.env
@@ -10,6 +11,7 @@ source "$here/tool-versions.env"
 CACHE=${KMS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-mapserver}
 HELM_DIR="$CACHE/bin/helm-$HELM_VERSION"
 ACTIONLINT_DIR="$CACHE/bin/actionlint-$ACTIONLINT_VERSION"
+KIND_DIR="$CACHE/bin/kind-$KIND_VERSION"
 export GOTOOLCHAIN=local CGO_ENABLED=0
 export GOPROXY=${GOPROXY:-https://proxy.golang.org}
 
@@ -61,9 +63,16 @@ else
   go_install helm "$HELM_DIR" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$(helm_ldflags)"
 fi
 out+=("$HELM_DIR/helm")
-if [ "${1:-}" = "--actionlint" ]; then
-  go_install actionlint "$ACTIONLINT_DIR" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" \
-    "-s -w -X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION"
-  out+=("$ACTIONLINT_DIR/actionlint")
-fi
+for arg in "$@"; do
+  case $arg in
+    --actionlint)
+      go_install actionlint "$ACTIONLINT_DIR" "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION" \
+        "-s -w -X github.com/rhysd/actionlint.version=$ACTIONLINT_VERSION"
+      out+=("$ACTIONLINT_DIR/actionlint") ;;
+    --kind)
+      go_install kind "$KIND_DIR" "sigs.k8s.io/kind@$KIND_VERSION"
+      out+=("$KIND_DIR/kind") ;;
+    *) log "unknown option $arg"; exit 2 ;;
+  esac
+done
 echo "${out[*]}"

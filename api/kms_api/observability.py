@@ -50,6 +50,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # health probes would log every call
 
 
 def _route_of(request: Request) -> str:

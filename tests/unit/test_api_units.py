@@ -216,3 +216,44 @@ def test_store_keeps_the_newest_version():
     s.upsert(obj("7", "re-created"))
     assert s.get("a")["spec"]["title"] == "re-created"
     assert rv_newer("10", "9") and not rv_newer("9", "10") and rv_newer("abc", "9")
+
+
+class ScriptedApi:
+    """Stands in for the apiserver's list/watch answers to drive the watch loop through a 410."""
+
+    def __init__(self, store_ref: list):
+        self.lists = 0
+        self.watches = 0
+        self.store_ref = store_ref
+
+    def call(self, method: str, path: str, query: dict | None = None) -> dict:
+        self.lists += 1
+        rv = str(10 * self.lists)
+        items = [{"metadata": {"name": f"obj-{self.lists}", "resourceVersion": rv}}]
+        return {"kind": "ThingList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}
+
+    def watch(self, path: str, query: dict, timeout_seconds: int):
+        self.watches += 1
+        if self.watches == 1:
+            yield {"type": "ADDED", "object": {"metadata": {"name": "late", "resourceVersion": "11"}}}
+            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
+        elif self.watches == 2:
+            assert query["resourceVersion"] == "20", query  # watching on from the relist
+            yield {"type": "DELETED", "object": {"metadata": {"name": "obj-2", "resourceVersion": "21"}}}
+        else:
+            self.store_ref[0].stop()
+            return
+
+
+def test_watch_loop_relists_after_410_gone_and_resumes():
+    holder: list = []
+    api = ScriptedApi(holder)
+    store = Store(api, "/things", "things", watch_timeout=1)  # type: ignore[arg-type]
+    holder.append(store)
+    store.start()
+    store._thread.join(timeout=10)
+    assert not store._thread.is_alive()
+    assert api.lists == 2 and store.relists == 2
+    assert store.get("obj-1") is None and store.get("late") is None  # replaced by the relist
+    assert store.get("obj-2") is None  # deleted by the watch after the relist
+    assert store.resource_version == "21"

@@ -53,6 +53,7 @@ RUN /opt/kube-mapserver/bin/python -m pip uninstall -y -q pip \
 ENV PATH=/opt/kube-mapserver/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
     CPL_TMPDIR=/tmp \
     KMS_DATA_ROOT=/data
 # Validation: every entry point imports, GDAL is there, mapscript is not (MapServer pods bring it).

@@ -16,6 +16,7 @@
 #   SMOKE_REQUIRE_WMS  1: fail when the dataset gets no WMS URL or GetMap fails (default 0: the WMS
 #                      steps need a MapService selecting the dataset; without one they are skipped)
 #   SMOKE_JOB          0 skips the cog-convert job (default 1)
+#   SMOKE_WMS          0 skips the WMS steps (default 1)
 #   SMOKE_KEEP         1 keeps what the walk created (default 0: deleted at the end, also on failure)
 # Exit 0 when every step passed; otherwise 1 with "SMOKE FAILED at step N (name): reason".
 set -uo pipefail
@@ -29,6 +30,7 @@ SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-180}
 SMOKE_WMS_BASE=${SMOKE_WMS_BASE:-}
 SMOKE_REQUIRE_WMS=${SMOKE_REQUIRE_WMS:-0}
 SMOKE_JOB=${SMOKE_JOB:-1}
+SMOKE_WMS=${SMOKE_WMS:-1}
 SMOKE_KEEP=${SMOKE_KEEP:-0}
 PY=${PYTHON:-python3}
 
@@ -187,9 +189,12 @@ if [ "$SMOKE_JOB" = 1 ]; then
 fi
 
 # ------------------------------------------------------------------------------------------ WMS
-url=$(json "$WORK/dataset.json" '(d.get("status") or {}).get("url")')
+url=""
+[ "$SMOKE_WMS" = 1 ] && url=$(json "$WORK/dataset.json" '(d.get("status") or {}).get("url")')
 layer=$(json "$WORK/dataset.json" '(d.get("status") or {}).get("layerName")')
-if [ -z "$url" ]; then
+if [ "$SMOKE_WMS" != 1 ]; then
+  log "WMS steps skipped (SMOKE_WMS=0)"
+elif [ -z "$url" ]; then
   # the URL arrives once a MapService selects the dataset; it may come after Ready
   wait_url() { api GET "/datasets/$NAME" >/dev/null; url=$(json "$WORK/body" '(d.get("status") or {}).get("url")'); LAST="no status.url yet"; [ -n "$url" ]; }
   if [ "$SMOKE_REQUIRE_WMS" = 1 ]; then
@@ -199,7 +204,9 @@ if [ -z "$url" ]; then
     for _ in $(seq 10); do wait_url && break; sleep 2; done
   fi
 fi
-if [ -z "$url" ]; then
+if [ "$SMOKE_WMS" != 1 ]; then
+  :
+elif [ -z "$url" ]; then
   log "no MapService serves $NAME (no status.url): WMS steps skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
 else
   if [ -n "$SMOKE_WMS_BASE" ]; then

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -422,3 +423,126 @@ def test_crd_chart_upgrade_adds_a_field_and_uninstall_keeps_the_crds(cluster, na
             except client.ApiException as e:
                 if e.status != 404:
                     raise
+
+
+# ------------------------------------------------------------------------------------ RBAC suffices
+
+
+def sa_kubeconfig(cluster, namespace: str, sa: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token), like in a pod."""
+    token = kubectl(cluster, "create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    entry = admin["clusters"][0]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [entry],
+                "users": [{"name": sa, "user": {"token": token}}],
+                "contexts": [
+                    {"name": sa, "context": {"cluster": entry["name"], "user": sa, "namespace": namespace}}
+                ],
+                "current-context": sa,
+            }
+        )
+    )
+    return path
+
+
+FORBIDDEN = ("Forbidden", "forbidden", " 403", "Not enough permissions")
+
+
+def test_chart_rbac_suffices_for_the_real_operator_and_facade(
+    cluster, crds, namespace, data_root, local_runner, tmp_path
+):
+    """The operator and the facade run as the chart's ServiceAccounts (their tokens, nothing else)
+    and hack/smoke.sh walks login, dataset, Ready, list, cog-convert job, cleanup: every API call
+    they make is allowed by the chart's RBAC, and none is refused along the way."""
+    from tests.conftest import OperatorProcess, cluster_mod
+    from tests.helpers import make_data_volume
+
+    if not cluster.local:
+        pytest.skip("runs the components as local processes against the local control plane")
+    kubectl(
+        cluster,
+        "apply",
+        "--server-side",
+        "--field-manager=kms-chart-test",
+        "-f",
+        "-",
+        input=render(namespace),
+    )
+    make_data_volume(cluster.api, namespace, data_root)
+    op_cfg = sa_kubeconfig(
+        cluster, namespace, f"{namespace}-kube-mapserver-operator", tmp_path / "op.kubeconfig"
+    )
+    fc_cfg = sa_kubeconfig(cluster, namespace, f"{namespace}-kube-mapserver-api", tmp_path / "fc.kubeconfig")
+
+    operator = OperatorProcess(op_cfg, data_root, tmp_path / "operator.log", KMS_DEBOUNCE_SECONDS="0.2")
+    operator.start()
+    facade_log = tmp_path / "facade.log"
+    facade = None
+    try:
+        port = cluster_mod.free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(fc_cfg),
+            "KMS_NAMESPACE": namespace,
+            "KMS_DATA_ROOT": str(data_root),
+            "KMS_DATA_PVC": "map-data",
+            "KMS_OPERATOR_HEALTH_URL": f"http://127.0.0.1:{operator.liveness_port}/healthz",
+        }
+        py = str(REPO / ".venv" / "bin" / "python")
+        # what the chart's init container does, as the facade's ServiceAccount
+        password = "rbac-smoke-password"
+        subprocess.run(
+            [py, "-m", "kms_api", "user", "add", "admin", "--role", "admin", "--password-stdin"],
+            input=password + "\n",
+            text=True,
+            env=env,
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        with open(facade_log, "ab") as out:
+            facade = subprocess.Popen(
+                [py, "-m", "kms_api", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        smoke = subprocess.run(
+            [str(REPO / "hack" / "smoke.sh")],
+            env={
+                **os.environ,
+                "KMS_URL": f"http://127.0.0.1:{port}",
+                "KMS_PASSWORD": password,
+                "SMOKE_LABELS": "rbac=chart",
+                "SMOKE_WMS": "0",
+                "SMOKE_TIMEOUT": "90",
+                "PYTHON": py,
+            },
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        logs = (
+            f"--- smoke\n{smoke.stderr[-3000:]}\n--- operator\n{operator.log_tail(60)}\n--- facade\n"
+            + "\n".join(facade_log.read_text(errors="replace").splitlines()[-40:])
+        )
+        assert smoke.returncode == 0, logs
+        assert "SMOKE PASSED" in smoke.stderr, logs
+        for name, text in (("operator", operator.log_path.read_text()), ("facade", facade_log.read_text())):
+            refused = [line for line in text.splitlines() if any(f in line for f in FORBIDDEN)]
+            assert not refused, f"the {name} was refused by RBAC:\n" + "\n".join(refused[:20])
+    finally:
+        if facade is not None:
+            facade.terminate()
+            try:
+                facade.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                facade.kill()
+        operator.stop()

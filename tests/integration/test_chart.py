@@ -123,6 +123,21 @@ def crd_names() -> list[str]:
     return sorted(d["metadata"]["name"] for p in (REPO / "crds").glob("*.yaml") for d in docs(p.read_text()))
 
 
+@pytest.fixture
+def applied(cluster, namespace):
+    """apply(text): server-side apply rendered manifests; all of them are deleted after the test
+    (the namespace goes anyway, but ClusterRoles and bindings would outlive it)."""
+    texts: list[str] = []
+
+    def apply(text: str) -> None:
+        texts.append(text)
+        kubectl(cluster, "apply", "--server-side", "--field-manager=kms-chart-test", "-f", "-", input=text)
+
+    yield apply
+    for text in reversed(texts):
+        kubectl(cluster, "delete", "--ignore-not-found", "--wait=false", "-f", "-", input=text, check=False)
+
+
 # ------------------------------------------------------------------------------------ install
 
 
@@ -218,16 +233,8 @@ def can_i(cluster, sa: str, namespace: str, verb: str, resource: str, *extra: st
     return r.stdout.strip() == "yes"
 
 
-def test_rbac_is_least_privilege(cluster, crds, namespace):
-    kubectl(
-        cluster,
-        "apply",
-        "--server-side",
-        "--field-manager=kms-chart-test",
-        "-f",
-        "-",
-        input=render(namespace),
-    )
+def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
+    applied(render(namespace))
     op, fc = f"{namespace}-kube-mapserver-operator", f"{namespace}-kube-mapserver-api"
     other = "default"  # the operator is cluster-wide: any namespace
     operator_allowed = [
@@ -454,7 +461,7 @@ FORBIDDEN = ("Forbidden", "forbidden", " 403", "Not enough permissions")
 
 
 def test_chart_rbac_suffices_for_the_real_operator_and_facade(
-    cluster, crds, namespace, data_root, local_runner, tmp_path
+    cluster, crds, namespace, data_root, local_runner, tmp_path, applied
 ):
     """The operator and the facade run as the chart's ServiceAccounts (their tokens, nothing else)
     and hack/smoke.sh walks login, dataset, Ready, list, cog-convert job, cleanup: every API call
@@ -464,15 +471,7 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
 
     if not cluster.local:
         pytest.skip("runs the components as local processes against the local control plane")
-    kubectl(
-        cluster,
-        "apply",
-        "--server-side",
-        "--field-manager=kms-chart-test",
-        "-f",
-        "-",
-        input=render(namespace),
-    )
+    applied(render(namespace))
     make_data_volume(cluster.api, namespace, data_root)
     op_cfg = sa_kubeconfig(
         cluster, namespace, f"{namespace}-kube-mapserver-operator", tmp_path / "op.kubeconfig"
@@ -546,3 +545,4 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
             except subprocess.TimeoutExpired:
                 facade.kill()
         operator.stop()
+        client.CoreV1Api(cluster.api).delete_persistent_volume(f"{namespace}-map-data")

@@ -278,6 +278,8 @@ def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
     ]
     facade_denied = [
         ("list", "secrets"),
+        ("patch", "secrets/kube-mapserver-jwt"),
+        ("delete", "configmaps/kube-mapserver-tombstones"),
         ("get", "secrets/other-app-credentials"),
         ("get", f"secrets/{namespace}-kube-mapserver-admin"),
         ("get", "configmaps/other"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 
 from kms_crds import GROUP, VERSION
@@ -54,6 +55,26 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     OP = Operator(Kube.from_environment(timeout=s.request_timeout), s)
     log.info("kube-mapserver operator configured: data root %s", s.data_root)
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """Kopf's own credentials, but on a connection pool with a bound: Kopf's default pool is
+    unlimited, and every asyncio TLS connection keeps ~256 KiB of buffers, so a burst of
+    thousands of objects would otherwise hold hundreds of MB in idle connections."""
+    info = kopf.login_via_client(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=Settings().connection_limit, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(),
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
 
 
 # ------------------------------------------------------------------ indexes (pre-listed by Kopf)

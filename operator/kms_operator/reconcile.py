@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -30,6 +31,8 @@ log = logging.getLogger("kms_operator")
 Key = tuple[str, str]  # (namespace, name)
 RENDER_STATUS_FIELDS = ("extent", "wgs84Bbox", "geometryType", "bandCount", "valueRange", "layerName")
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
+# GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
+GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
 
 
 def dataset_snapshot(body: Mapping) -> dict:
@@ -163,7 +166,9 @@ class Operator:
             cache_key = (meta["uid"], gen)
             if cache_key not in self.inspections:
                 try:
-                    insp = await self.call(inspect_source, spec, self.settings)
+                    insp = await asyncio.get_running_loop().run_in_executor(
+                        GDAL_EXECUTOR, inspect_source, spec, self.settings
+                    )
                     self.inspections[cache_key] = ("ok", insp)
                 except InspectError as e:
                     self.inspections[cache_key] = ("error", (e.reason, e.message))

@@ -29,4 +29,6 @@ class Settings:
             "KMS_SERVICE_URL_TEMPLATE", "http://{name}.{namespace}.svc.cluster.local:8080/"
         )
     )
+    # Concurrent API connections of Kopf: its ~10 watch streams plus requests in flight.
+    connection_limit: int = field(default_factory=lambda: int(os.environ.get("KMS_CONNECTION_LIMIT", "48")))
     metrics_port: int = field(default_factory=lambda: int(os.environ.get("KMS_METRICS_PORT", "9090")))

@@ -46,8 +46,13 @@ lint: setup  ## ruff
 crds: setup  ## regenerate crds/*.yaml from the pydantic models
 	$(PY) -m kms_crds.generate
 
-bench: setup binaries  ## benchmarks (not part of make test)
-	@echo "bench: arrives with the benchmarks issue"
+bench: setup binaries .kms/bench-venv/.done  ## benchmarks (not part of make test): table + bench/results/
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+.kms/bench-venv/.done: bench/requirements-tools.txt
+	/usr/bin/python3 -m venv .kms/bench-venv
+	.kms/bench-venv/bin/pip install -q -r bench/requirements-tools.txt
+	@touch $@
 
 clean: cluster-down
 	rm -rf .kms

@@ -129,7 +129,8 @@ def run(plane: Plane, workdir, sizes: list[int], data_root, path: str) -> dict:
             r = bulk_apply(plane, n, path)
             r["operator_rss_mb"] = rss_mb(op.proc.pid)
             log(
-                f"  all Ready {r['all_ready_s']:.1f}s, served {r['all_served_s']:.1f}s, RSS {r['operator_rss_mb']:.0f} MB"
+                f"  all Ready {r['all_ready_s']:.1f}s, served {r['all_served_s']:.1f}s, "
+                f"RSS {r['operator_rss_mb']:.0f} MB"
             )
             results["bulk"].append(r)
             big_ns = r["namespace"] if n == 1000 or big_ns is None else big_ns

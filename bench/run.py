@@ -1,0 +1,348 @@
+"""`make bench`: the operator, the facade and the serving path at scale, against baselines, in one
+run on a fresh local control plane. Prints a table (figure, target, pass/fail) and writes
+bench/results/results.json and bench/results/reconcile.png.
+
+    python -m bench.run [--sizes 100,1000] [--big] [--rss-n 10000] [--skip serving,facade]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from osgeo import gdal
+
+from bench import operator_bench, serving_bench
+from bench.common import (
+    PY,
+    REPO,
+    Operator,
+    Plane,
+    cluster_mod,
+    dataset_body,
+    dump,
+    log,
+    rss_mb,
+    sample_data,
+    service_body,
+    summary,
+    wait,
+)
+
+RESULTS = REPO / "bench" / "results"
+
+
+def facade_bench(plane: Plane, workdir: Path, data_root: Path, ns: str, n: int) -> dict | None:
+    """GET /datasets?limit=50&search=... on the watch-fed facade vs a LIST-per-request baseline."""
+    try:
+        import kms_api  # noqa: F401
+    except ImportError:
+        log("facade (kms_api) not present: skipping its benchmark")
+        return None
+    port = cluster_mod.free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(plane.kubeconfig),
+        "KMS_NAMESPACE": ns,
+        "KMS_DATA_ROOT": str(data_root),
+    }
+    password = os.urandom(12).hex()
+    subprocess.run(
+        [PY, "-m", "kms_api", "user", "add", "bench", "--role", "viewer", "--password-stdin"],
+        input=password,
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    with open(workdir / "facade.log", "ab") as out:
+        proc = subprocess.Popen(
+            [PY, "-m", "kms_api", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait(lambda: _ok(base + "/health"), "facade /health", 120)
+        token = httpx.post(base + "/token", data={"username": "bench", "password": password}, timeout=10)
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+
+        def total():
+            r = httpx.get(base + "/datasets", params={"limit": 1}, headers=headers, timeout=30)
+            return r.status_code == 200 and r.json().get("total") == n
+
+        wait(total, f"facade cache holding {n} datasets", 300)
+        terms = [f"r{i:05d}" for i in range(0, n, max(1, n // 200))]
+        lat = []
+        with httpx.Client(timeout=30, headers=headers) as c:
+            for t in terms:
+                t0 = time.perf_counter()
+                r = c.get(base + "/datasets", params={"limit": 50, "search": t[:-1]})
+                lat.append(time.perf_counter() - t0)
+                assert r.status_code == 200
+        naive = []
+        for t in terms[:20]:  # the baseline is slow: fewer samples
+            t0 = time.perf_counter()
+            items = plane.list(ns, "mapdatasets")
+            hits = [
+                d for d in items if t[:-1] in d["metadata"]["name"] or t[:-1] in d["spec"].get("title", "")
+            ]
+            _ = sorted(hits, key=lambda d: d["metadata"]["name"])[:50]
+            naive.append(time.perf_counter() - t0)
+        ours, base_s = summary(lat), summary(naive)
+        return {
+            "facade": ours,
+            "naive_list_per_request": base_s,
+            "speedup_p50": base_s["p50"] / ours["p50"],
+            "facade_rss_mb": rss_mb(proc.pid),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code < 500
+    except httpx.HTTPError:
+        return False
+
+
+def serving(plane: Plane, workdir: Path, data_root: Path) -> dict:
+    """A COG dataset served by a MapService; the generated mapfile vs hand-written; tiles vs TiTiler."""
+    cog = data_root / "ocean" / "sst-cog.tif"
+    gdal.Translate(
+        str(cog),
+        str(data_root / "ocean" / "sst-sample.tif"),
+        format="COG",
+        creationOptions=["COMPRESS=DEFLATE"],
+    )
+    ns = plane.namespace("serving")
+    from kubernetes import client
+
+    plane.core.create_persistent_volume(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name="bench-data"),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "1Gi"},
+                access_modes=["ReadWriteOnce"],
+                storage_class_name="manual",
+                host_path=client.V1HostPathVolumeSource(path=str(data_root)),
+            ),
+        )
+    )
+    plane.core.create_namespaced_persistent_volume_claim(
+        ns,
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="map-data"),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                storage_class_name="manual",
+                volume_name="bench-data",
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "1Gi"}),
+            ),
+        ),
+    )
+    svc = service_body("tiles", {"tiles": "yes"})
+    svc["spec"]["data"] = {"persistentVolumeClaim": "map-data"}
+    plane.create(ns, "mapservices", svc)
+    plane.create(ns, "mapdatasets", dataset_body("sst", "ocean/sst-cog.tif", {"tiles": "yes"}))
+    op = Operator(plane.kubeconfig, data_root, workdir / "operator-serving.log")
+    op.start()
+    port = cluster_mod.free_port()
+    with open(workdir / "local-mapserver.log", "ab") as out:
+        ms = subprocess.Popen(
+            [
+                PY,
+                str(REPO / "hack" / "local_mapserver.py"),
+                "--kubeconfig",
+                str(plane.kubeconfig),
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    base = f"http://127.0.0.1:{port}/{ns}/tiles/"
+    try:
+        wait(
+            lambda: (plane.get(ns, "mapservices", "tiles").get("status") or {}).get("datasetCount") == 1,
+            "tile service ready",
+            60,
+        )
+        wait(
+            lambda: (
+                b"bench_sst" in httpx.get(base + "?SERVICE=WMS&REQUEST=GetCapabilities", timeout=5).content
+            ),
+            "local mapserver serving",
+            60,
+        )
+        cm_name = plane.get(ns, "mapservices", "tiles")["status"]["configMap"]
+        cm = plane.core.read_namespaced_config_map(cm_name, ns)
+        from kms_operator.builders import mapfile_from_configmap
+
+        generated = mapfile_from_configmap(cm.data, cm.binary_data)
+        log("generated vs hand-written mapfile (in-process mapscript, 200 interleaved GetMaps)")
+        mapfiles = serving_bench.generated_vs_handwritten(generated, "bench_sst", str(data_root), str(cog))
+        log(f"  ratio p50 {mapfiles['ratio_p50']:.2f}")
+        log("tiles: make-dev serving path vs TiTiler, same COG, 100 tiles, concurrency 1 and 4")
+        tiles = serving_bench.tiles_vs_titiler(base, "bench_sst", str(cog), workdir)
+        return {"mapfile": mapfiles, "tiles": tiles}
+    finally:
+        ms.terminate()
+        op.stop()
+
+
+def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for b in r["operator"]["bulk"]:
+        rows.append(
+            (
+                f"apply {b['n']} datasets -> all Ready + {b['n']} layers",
+                f"{b['all_served_s']:.1f} s",
+                "<= 60 s at 1,000",
+                b["all_served_s"] <= 60 if b["n"] == 1000 else None,
+            )
+        )
+    sa = r["operator"]["single_apply"]
+    rows.append(
+        (
+            "single dataset apply -> Ready p50 / p95",
+            f"{sa['p50']:.2f} / {sa['p95']:.2f} s",
+            "p50 <= 1 s",
+            sa["p50"] <= 1,
+        )
+    )
+    rs = r["operator"]["resync"]
+    rows.append(("API writes during forced resync", str(rs["writes"]), "0", rs["writes"] == 0))
+    rr = r["operator"]["rerenders"]
+    rows.append(
+        (
+            "mapfile builds on one dataset change (selecting / other service)",
+            f"{rr['svc']:.0f} / {rr['other']:.0f}",
+            "1 / 0",
+            rr["svc"] == 1 and rr["other"] == 0,
+        )
+    )
+    if r.get("rss"):
+        rows.append(
+            (
+                f"operator RSS at {r['rss']['n']} datasets",
+                f"{r['rss']['operator_mb']:.0f} MB",
+                "<= 150 MB",
+                r["rss"]["operator_mb"] <= 150,
+            )
+        )
+    f = r.get("facade")
+    if f:
+        rows.append(
+            (
+                "facade GET /datasets?limit=50&search p50 / p95",
+                f"{f['facade']['p50'] * 1000:.1f} / {f['facade']['p95'] * 1000:.1f} ms",
+                "p50 <= 30 ms",
+                f["facade"]["p50"] <= 0.030,
+            )
+        )
+        rows.append(
+            (
+                "  vs LIST per request (baseline) p50",
+                f"{f['naive_list_per_request']['p50'] * 1000:.0f} ms, {f['speedup_p50']:.0f}x",
+                ">= 20x",
+                f["speedup_p50"] >= 20,
+            )
+        )
+        rows.append(("facade RSS", f"{f['facade_rss_mb']:.0f} MB", "<= 150 MB", f["facade_rss_mb"] <= 150))
+    s = r.get("serving")
+    if s:
+        m = s["mapfile"]
+        rows.append(
+            (
+                "GetMap 256 PNG generated / hand-written mapfile (p50)",
+                f"{m['generated']['p50'] * 1000:.1f} / {m['handwritten']['p50'] * 1000:.1f} ms = "
+                f"{m['ratio_p50']:.2f}",
+                "<= 1.1",
+                m["ratio_p50"] <= 1.1,
+            )
+        )
+        for c, v in s["tiles"].items():
+            rows.append(
+                (
+                    f"tile p50/p95 ours vs TiTiler, concurrency {c[1:]}",
+                    f"{v['kube_mapserver']['p50'] * 1000:.0f}/{v['kube_mapserver']['p95'] * 1000:.0f} vs "
+                    f"{v['titiler']['p50'] * 1000:.0f}/{v['titiler']['p95'] * 1000:.0f} ms = "
+                    f"{v['ratio_p50']:.2f}",
+                    "aim <= 1.0",
+                    v["ratio_p50"] <= 1.0,
+                )
+            )
+    return rows
+
+
+def print_table(rows) -> None:
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{'figure':<{w}}  {'measured':<34} {'target':<18} result")
+    print("-" * (w + 64))
+    for name, got, target, ok in rows:
+        verdict = "-" if ok is None else ("PASS" if ok else "FAIL")
+        print(f"{name:<{w}}  {got:<34} {target:<18} {verdict}")
+
+
+def plot(results_json: Path) -> None:
+    venv = REPO / ".kms" / "bench-venv" / "bin" / "python"
+    if venv.exists():
+        subprocess.run(
+            [str(venv), str(REPO / "bench" / "plot.py"), str(results_json), str(RESULTS / "reconcile.png")],
+            check=False,
+        )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100,1000")
+    p.add_argument("--big", action="store_true", help="also 5,000 datasets")
+    p.add_argument("--rss-n", type=int, default=10000)
+    p.add_argument("--skip", default="", help="comma list of: rss, facade, serving")
+    a = p.parse_args()
+    skip = set(filter(None, a.skip.split(",")))
+    sizes = [int(x) for x in a.sizes.split(",")] + ([5000] if a.big else [])
+    work = Path(tempfile.mkdtemp(prefix="kms-bench-"))
+    data_root = work / "data"
+    sample_data.write_samples(data_root)
+    log(f"workdir {work}")
+    plane = Plane(work)
+    results: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count()}
+    try:
+        results["operator"] = operator_bench.run(plane, work, sizes, data_root, "ocean/sst-sample.tif")
+        if "rss" not in skip:
+            log(f"operator RSS with {a.rss_n} datasets")
+            results["rss"] = {
+                "n": a.rss_n,
+                "operator_mb": operator_bench.rss_at(plane, work, data_root, "ocean/sst-sample.tif", a.rss_n),
+            }
+            if "facade" not in skip:
+                results["facade"] = facade_bench(plane, work, data_root, f"rss-{a.rss_n}", a.rss_n)
+        if "serving" not in skip:
+            results["serving"] = serving(plane, work, data_root)
+    finally:
+        plane.down()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "results.json"
+    dump(out, results)
+    plot(out)
+    print_table(verdicts(results))
+    print(f"\nwrote {out} and {RESULTS / 'reconcile.png'}; logs in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())

@@ -183,6 +183,10 @@ def _raster(w: _Writer, ds: DatasetInput, style: Style, data_root: str) -> None:
     if style.color_ramp or (not bands and ds.status.band_count == 1):
         lo, hi = _value_range(style, ds.status)
         n = max(1, min(int(style.classes or DEFAULT_CLASSES), 256))
+        # Classify 256 buckets of the range instead of evaluating every class expression per pixel:
+        # ~25x faster for non-8-bit data (measured: 127 ms -> 5 ms for a 256x256 GetMap).
+        w.line("PROCESSING", quote(f"SCALE={_num(lo)},{_num(hi)}"))
+        w.line("PROCESSING", quote("SCALE_BUCKETS=256"))
         edges = [_round(lo + (hi - lo) * i / n) for i in range(n)] + [hi]
         for i, color in enumerate(ramp_colors(str(style.color_ramp or "viridis"), n)):
             a, b = edges[i], edges[i + 1]

@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info")
+    p.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="trust X-Forwarded-For from these proxies (comma list), e.g. the ingress; default: trust none",
+    )
     a = p.parse_args(argv)
 
     import logging
@@ -26,7 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     from .observability import setup_logging
 
     setup_logging(getattr(logging, a.log_level.upper(), logging.INFO))
-    uvicorn.run(create_app(), host=a.host, port=a.port, access_log=False, log_config=None)
+    uvicorn.run(
+        create_app(),
+        host=a.host,
+        port=a.port,
+        access_log=False,
+        log_config=None,
+        proxy_headers=a.forwarded_allow_ips is not None,
+        forwarded_allow_ips=a.forwarded_allow_ips,
+    )
     return 0
 
 

@@ -59,11 +59,13 @@ class Store:
         return self._objects.get(name)
 
     def items(self) -> list[dict]:
-        return list(self._objects.values())
+        with self._lock:
+            return list(self._objects.values())
 
     def views(self) -> list[Any]:
         """The projections of all objects (computed once per object version)."""
-        return list(self._views.values())
+        with self._lock:
+            return list(self._views.values())
 
     def __len__(self) -> int:
         return len(self._objects)

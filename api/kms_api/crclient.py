@@ -13,7 +13,7 @@ from kms_crds import API_VERSION
 
 from . import views
 from .cache import Store
-from .kube import Kube, KubeError, cr_path, ns_path
+from .kube import Kube, KubeError, cr_path, error_from, ns_path
 from .settings import Settings
 
 log = logging.getLogger("kms_api.crclient")
@@ -103,8 +103,6 @@ class CRClient:
             store.forget(name)
             return None
         if status >= 400:
-            from .kube import error_from
-
             raise error_from(status, payload, f"DELETE {plural}/{name}")
         if isinstance(payload, dict) and payload.get("kind") != "Status" and deleting(payload):
             store.upsert(payload)  # finalizers pending: hidden from reads while it terminates
@@ -202,8 +200,6 @@ class CRClient:
     def delete_configmap(self, store: Store, name: str) -> None:
         status, payload = self.kube.request("DELETE", ns_path(self.namespace, "configmaps", name))
         if status >= 400 and status != 404:
-            from .kube import error_from
-
             raise error_from(status, payload, f"DELETE configmaps/{name}")
         store.forget(name)
 

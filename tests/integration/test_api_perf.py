@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from kubernetes import client
 
 from tests.helpers import create_cr, wait_until
 
@@ -27,7 +28,22 @@ def _percentile(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-def test_list_latency_with_1000_datasets(cluster, facade_factory, capsys):
+def _reconciled(cluster, ns: str) -> int:
+    items = client.CustomObjectsApi(cluster.api).list_namespaced_custom_object(
+        "maps.kube-mapserver.io", "v1alpha1", ns, "mapdatasets"
+    )["items"]
+    return sum(1 for o in items if (o.get("status") or {}).get("conditions"))
+
+
+def _remaining(cluster, ns: str) -> int:
+    return len(
+        client.CustomObjectsApi(cluster.api).list_namespaced_custom_object(
+            "maps.kube-mapserver.io", "v1alpha1", ns, "mapdatasets"
+        )["items"]
+    )
+
+
+def test_list_latency_with_1000_datasets(cluster, facade_factory, operator_process, capsys):
     fac = facade_factory()
 
     def make(i: int) -> None:
@@ -72,8 +88,26 @@ def test_list_latency_with_1000_datasets(cluster, facade_factory, capsys):
             runs[label] = times
         lists_after = _lists(fac.url)
     assert lists_before == lists_after >= 1  # every request came from the cache, none LISTed
+    # leave the session's operator idle again: let it finish, then delete the 1000 and wait for them to go
+    t0 = time.perf_counter()
+    wait_until(
+        lambda: _reconciled(cluster, fac.namespace) == N, "operator reconciled 1000", timeout=300, interval=2
+    )
+    reconciled = time.perf_counter() - t0
+    client.CustomObjectsApi(cluster.api).delete_collection_namespaced_custom_object(
+        "maps.kube-mapserver.io", "v1alpha1", fac.namespace, "mapdatasets"
+    )
+    t0 = time.perf_counter()
+    wait_until(
+        lambda: _remaining(cluster, fac.namespace) == 0, "1000 datasets deleted", timeout=300, interval=2
+    )
+    deleted = time.perf_counter() - t0
     with capsys.disabled():
         print(f"\n[api perf] created {N} MapDatasets in {created:.1f}s (16 threads)")
+        print(
+            f"[api perf] operator caught up {reconciled:.1f}s after the measurement, "
+            f"deletion took {deleted:.1f}s"
+        )
         for label, times in runs.items():
             print(
                 f"[api perf] GET /datasets?{label}: n={len(times)} p50={_percentile(times, 50):.1f}ms "

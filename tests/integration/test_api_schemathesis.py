@@ -11,7 +11,14 @@ from tests.conftest import REPO
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(facade_factory, tmp_path):
     root = tmp_path / "data"  # a data root of its own: fuzzed uploads land there
     (root / "ocean").mkdir(parents=True)
-    fac = facade_factory(root=root, KMS_LOGIN_MAX_FAILURES="1000", KMS_LOGIN_IP_MAX_FAILURES="100000")
+    # fuzzed MapJobs get a claim that does not exist: their pods stay Pending instead of running GDAL
+    # on random parameters (with up to 20 retries each) and slowing the session's runner and operator
+    fac = facade_factory(
+        root=root,
+        KMS_LOGIN_MAX_FAILURES="1000",
+        KMS_LOGIN_IP_MAX_FAILURES="100000",
+        KMS_DATA_PVC="fuzzed-jobs-never-run",
+    )
     token = fac.token("admin")
     cmd = [
         str(REPO / ".venv" / "bin" / "st"),
@@ -26,7 +33,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(facade_facto
         "--request-timeout",
         "30",
         "--workers",
-        "4",
+        "1",  # hypothesis' lambda descriptions call ast.parse, which is not thread-safe on Python 3.11
         "--generation-database",
         "none",
         "--no-color",
@@ -42,6 +49,5 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(facade_facto
         env={**os.environ, "KMS_ST_TOKEN": token},
     )
     out = done.stdout + done.stderr
-    print(out[-6000:])
     assert done.returncode == 0, out[-12000:] + "\n--- facade log ---\n" + fac.log_tail(60)
     assert "server error" not in out.lower() or "0 server error" in out.lower()

@@ -30,6 +30,8 @@ HANDWRITTEN = """MAP
     TYPE RASTER
     STATUS ON
     DATA "{data}"
+    PROCESSING "SCALE=0,30"
+    PROCESSING "SCALE_BUCKETS=256"
     PROJECTION "init=epsg:4326" END
 {classes}  END
 END
@@ -79,7 +81,7 @@ def generated_vs_handwritten(generated: str, layer: str, data_root: str, data: s
             t0 = time.perf_counter()
             png = render(m, lyr, box)
             sink.append(time.perf_counter() - t0)
-            assert png[:4] == b"\x89PNG", png[:200]
+            assert b"\x89PNG" in png[:64], png[:200]
     g, h = summary(t_gen), summary(t_hand)
     return {"generated": g, "handwritten": h, "ratio_p50": g["p50"] / h["p50"]}
 

@@ -122,6 +122,9 @@ metadata:
   name: {NAMESPACE}
   labels:
     app.kubernetes.io/part-of: kube-mapserver
+    # every pod here (operator, facade, MapServer, jobs) meets the restricted Pod Security Standard
+    pod-security.kubernetes.io/enforce: restricted
+    pod-security.kubernetes.io/warn: restricted
 """
 
 

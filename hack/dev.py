@@ -86,6 +86,8 @@ def main() -> int:
     p.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR)
     a = p.parse_args()
     plane = cluster.Plane(a.dir.resolve())
+    # SIGTERM (kill, timeout, an IDE's stop button) cleans up like Ctrl-C
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         cluster.up(plane, port=None, timeout=120)
     except cluster.ClusterError as e:

@@ -47,9 +47,13 @@ up() {
   "$KIND" load docker-image --name "$CLUSTER" "$IMAGE"
   docker pull -q "$MAPSERVER_IMAGE" >/dev/null && "$KIND" load docker-image --name "$CLUSTER" "$MAPSERVER_IMAGE" \
     || log "could not preload $MAPSERVER_IMAGE; the node pulls it"
+  log "namespace $NS, enforcing the restricted Pod Security Standard on every pod"
+  k create namespace "$NS" --dry-run=client -o yaml | k apply -f -
+  k label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=restricted \
+    pod-security.kubernetes.io/warn=restricted
   log "helm upgrade --install $RELEASE (values-local)"
   "$HELM" --kube-context "$CONTEXT" upgrade --install "$RELEASE" charts/kube-mapserver \
-    --namespace "$NS" --create-namespace -f charts/kube-mapserver/values-local.yaml \
+    --namespace "$NS" -f charts/kube-mapserver/values-local.yaml \
     --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
     --wait --timeout 5m
   k -n "$NS" rollout status "deployment/$RELEASE-operator" --timeout=120s

@@ -12,8 +12,10 @@ the service's data volume (the same files the pods would mount)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -211,6 +213,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     p.add_argument("--port", type=int, default=8088)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="pre-forked worker processes (MapScript holds the GIL while rendering)",
+    )
     p.add_argument("--verbose", action="store_true")
     a = p.parse_args()
     logging.basicConfig(
@@ -218,11 +226,37 @@ def main() -> int:
         format="[local-mapserver %(asctime)s] %(message)s",
         datefmt="%H:%M:%S",
     )
-    maps = Maps(config.new_client_from_config(config_file=a.kubeconfig), f"http://127.0.0.1:{a.port}")
-    threading.Thread(target=watch_configmaps, args=(maps,), daemon=True).start()
-    server = ThreadingHTTPServer(("127.0.0.1", a.port), make_handler(maps))
-    log.info("serving MapServices on http://127.0.0.1:%d/<namespace>/<service>/", a.port)
-    server.serve_forever()
+    server = ThreadingHTTPServer(("127.0.0.1", a.port), None)  # bound once, shared by the workers
+    children = []
+    for _ in range(max(1, a.workers)):
+        pid = os.fork()
+        if pid == 0:  # worker: its own API client, watch thread and loaded maps
+            maps = Maps(config.new_client_from_config(config_file=a.kubeconfig), f"http://127.0.0.1:{a.port}")
+            threading.Thread(target=watch_configmaps, args=(maps,), daemon=True).start()
+            server.RequestHandlerClass = make_handler(maps)
+            server.serve_forever()
+            os._exit(0)
+        children.append(pid)
+    log.info(
+        "serving MapServices on http://127.0.0.1:%d/<namespace>/<service>/ (%d workers)",
+        a.port,
+        len(children),
+    )
+
+    def stop(*_: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while children:
+        pid, _ = os.wait()
+        if pid in children:
+            children.remove(pid)
+            log.error("worker %d exited; stopping", pid)
+            stop()
     return 0
 
 

@@ -259,6 +259,11 @@ def _layer(w: _Writer, ds: DatasetInput, data_root: str) -> None:
         meta += [("gml_include_items", "all"), ("wms_include_items", "all")]
         if not raster:
             meta.append(("wfs_title", spec.title))
+        extent = status.extent
+        if extent and _finite(extent.bbox) and len(extent.bbox) == 4 and _epsg(extent.crs) == native:
+            # metadata, not a LAYER EXTENT: capabilities need no file access, and GetMap skips the
+            # per-request extent projection a LAYER EXTENT costs (~0.7 ms of a 3 ms tile, measured)
+            meta.append(("ows_extent", " ".join(_num(v) for v in extent.bbox)))
         meta.append(("kms_dataset", ds.name))
         w.metadata(meta)
         if native:
@@ -266,9 +271,6 @@ def _layer(w: _Writer, ds: DatasetInput, data_root: str) -> None:
                 w.line(quote("init=" + native.lower()))
         else:
             w.line("PROJECTION AUTO END")
-        extent = status.extent
-        if extent and _finite(extent.bbox) and len(extent.bbox) == 4 and _epsg(extent.crs) == native:
-            w.line("EXTENT", *(_num(v) for v in extent.bbox))
         scales = (("MINSCALEDENOM", style.min_scale_denom), ("MAXSCALEDENOM", style.max_scale_denom))
         for keyword, denom in scales:
             if denom is not None and _finite([denom]):

@@ -144,6 +144,8 @@ def applied(cluster, namespace):
 def test_rendered_chart_applies_server_side_and_deletes_cleanly(cluster, crds, namespace):
     text = render(namespace)
     rendered = docs(text)
+    # the pods must pass the restricted Pod Security Standard (admission rejects them otherwise)
+    kubectl(cluster, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     kubectl(cluster, "apply", "--server-side", "--field-manager=kms-chart-test", "-f", "-", input=text)
     wait_running(cluster, namespace)
     op = running_pods(cluster, namespace, "operator")

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.helpers import create_cr, wait_until
+
 
 def test_config_update_is_validated_persisted_and_survives_a_restart(cluster, facade_factory):
     fac = facade_factory(KMS_MAX_UPLOAD_MB="64", KMS_CACHE_SEED_MAX_ZOOM="not-a-number")
@@ -56,7 +58,7 @@ def test_config_update_is_validated_persisted_and_survives_a_restart(cluster, fa
     assert httpx.get(f"{fac.url}/config", timeout=10).json()["allowedDataRoots"] == []
 
 
-def test_health_reports_components(facade_factory, operator_process):
+def test_health_reports_components(cluster, facade_factory, operator_process):
     fac = facade_factory(KMS_OPERATOR_HEALTH_URL=f"http://127.0.0.1:{operator_process.liveness_port}/healthz")
     r = httpx.get(f"{fac.url}/health", timeout=10)
     assert r.status_code == 200
@@ -67,6 +69,26 @@ def test_health_reports_components(facade_factory, operator_process):
     assert comps["cache"]["status"] == "ok"
     assert body["status"] == "ok"
     assert "kms_api_requests_total" in httpx.get(f"{fac.url}/metrics", timeout=10).text
+    # each MapService shows up with its Ready condition (watched, not listed per request)
+    create_cr(
+        cluster.api,
+        fac.namespace,
+        {
+            "apiVersion": "maps.kube-mapserver.io/v1alpha1",
+            "kind": "MapService",
+            "metadata": {"name": "ocean"},
+            "spec": {"datasetSelector": {"matchLabels": {"collection": "ocean"}}},
+        },
+    )
+
+    def report_with_service():
+        report = httpx.get(f"{fac.url}/health", timeout=10).json()
+        return report if any(c["name"] == "mapservice/ocean" for c in report["components"]) else None
+
+    report = wait_until(report_with_service, "MapService in the health report")
+    comp = next(c for c in report["components"] if c["name"] == "mapservice/ocean")
+    assert comp["status"] in ("ok", "degraded")
+    assert report["status"] == ("ok" if comp["status"] == "ok" else "degraded")
 
 
 @pytest.fixture

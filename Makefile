@@ -30,13 +30,13 @@ cluster-status:
 dev: setup  ## run the product locally: control plane + CRDs + operator + facade (Ctrl-C stops all)
 	$(PY) hack/dev.py --dir $(CLUSTER_DIR)
 
-test: setup binaries  ## the whole suite: unit + integration (starts its own control plane)
+test: setup binaries helm  ## the whole suite: unit + integration (starts its own control plane)
 	hack/run-pytest.sh $(PYTEST_ARGS)
 
-test-unit: setup  ## pure-function tests, no cluster
+test-unit: setup helm  ## pure-function tests, no cluster
 	hack/run-pytest.sh -m unit $(PYTEST_ARGS)
 
-test-integration: setup binaries  ## tests against a real kube-apiserver
+test-integration: setup binaries helm  ## tests against a real kube-apiserver
 	hack/run-pytest.sh -m integration $(PYTEST_ARGS)
 
 lint: setup  ## ruff

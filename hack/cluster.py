@@ -273,6 +273,7 @@ def start_process(plane: Plane, state: dict, name: str, argv: list[str]) -> None
             cwd=plane.dir,
         )
     state.setdefault("pids", {})[name] = proc.pid
+    state.setdefault("argv", {})[name] = argv
     plane.save(state)
     log(f"started {name} (pid {proc.pid})")
 
@@ -461,7 +462,7 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
                 "ttl-after-finished-controller,namespace-controller,endpointslice-controller,"
                 "endpoints-controller,horizontal-pod-autoscaler-controller,disruption-controller,"
                 "statefulset-controller,daemonset-controller,resourcequota-controller,"
-                "persistentvolume-binder-controller,pod-garbage-collector-controller,root-ca-certificate-publisher-controller",
+                "persistentvolume-binder-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller,pod-garbage-collector-controller,root-ca-certificate-publisher-controller",
                 "--concurrent-gc-syncs=5",
                 "--v=1",
             ],
@@ -536,6 +537,32 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
     log(f"control plane ready in {time.monotonic() - started:.1f}s: {server}")
     log(f"kubeconfig: {plane.kubeconfig}   (export KUBECONFIG={plane.kubeconfig})")
     log(f"kubectl: {bins['kubectl']}")
+
+
+def restart(plane: Plane, component: str, timeout: float = 60) -> None:
+    """Stop one component (SIGTERM, then SIGKILL) and start it again with the same arguments;
+    for the apiserver, wait until /readyz answers again. Chaos tests use this."""
+    state = plane.load()
+    pid = state["pids"][component]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    start_process(plane, state, component, state["argv"][component])
+    pki = plane.dir / "pki"
+    wait_for(
+        "kube-apiserver /readyz",
+        lambda: api_get(state, pki, "/readyz")[0] == 200,
+        plane,
+        state,
+        timeout,
+        component,
+    )
 
 
 def down(plane: Plane, grace: float = 10) -> list[int]:

@@ -206,6 +206,7 @@ def operator_process(
         tmp_path_factory.mktemp("operator") / "operator.log",
         KMS_WATCH_SERVER_TIMEOUT="5",
         KMS_DEBOUNCE_SECONDS="0.2",
+        KMS_LEASE_SECONDS="4",
         KMS_SERVICE_URL_TEMPLATE=f"http://127.0.0.1:{local_mapserver_port}/{{namespace}}/{{name}}/",
     )
     proc.start()

@@ -47,16 +47,36 @@ def main() -> None:
 
         signal.signal(signal.SIGUSR1, dump)
     settings = Settings()
+    lease = None
+    if settings.lease_seconds:
+        from .kube import Kube
+        from .leadership import Lease
+
+        lease = Lease(Kube.from_environment().api, settings.lease_seconds)
+        lease.wait_for()  # a second operator started by mistake stands by here
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=os.environ.get("KMS_METRICS_ADDR", "0.0.0.0"))
-    asyncio.run(
-        kopf.operator(
+    try:
+        asyncio.run(run(a, lease))
+    finally:
+        if lease:
+            lease.release()
+
+
+async def run(a: argparse.Namespace, lease) -> None:
+    stop = asyncio.Event()
+    keeper = asyncio.create_task(lease.keep(stop)) if lease else None
+    try:
+        await kopf.operator(
             clusterwide=not a.namespace,
             namespaces=a.namespace,
             liveness_endpoint=a.liveness or None,
             standalone=True,
         )
-    )
+    finally:
+        stop.set()
+        if keeper:
+            await keeper
 
 
 if __name__ == "__main__":

@@ -482,7 +482,14 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
     )
     fc_cfg = sa_kubeconfig(cluster, namespace, f"{namespace}-kube-mapserver-api", tmp_path / "fc.kubeconfig")
 
-    operator = OperatorProcess(op_cfg, data_root, tmp_path / "operator.log", KMS_DEBOUNCE_SECONDS="0.2")
+    # the chart sets the Lease namespace from the downward API: the release namespace
+    operator = OperatorProcess(
+        op_cfg,
+        data_root,
+        tmp_path / "operator.log",
+        KMS_DEBOUNCE_SECONDS="0.2",
+        KMS_LEASE_NAMESPACE=namespace,
+    )
     operator.start()
     facade_log = tmp_path / "facade.log"
     facade = None

@@ -144,7 +144,9 @@ class Kube:
             f"{collection_path(obj['apiVersion'], obj['kind'], meta.get('namespace'))}/{quote(meta['name'])}"
         )
         query = {"fieldManager": field_manager, "force": "true" if force else "false"}
-        status, payload = self._call("PATCH", path, obj, query, "application/apply-patch+yaml")
+        # JSON is YAML, but not with \\uXXXX surrogate pairs (emoji): send the characters as UTF-8
+        body = json.dumps(obj, ensure_ascii=False).encode()
+        status, payload = self._call("PATCH", path, body, query, "application/apply-patch+yaml")
         API_WRITES.labels(verb="apply", kind=obj["kind"]).inc()
         return True, self._ok("PATCH", path, status, payload)
 

@@ -275,6 +275,11 @@ class Operator:
             try:
                 await self._reconcile_service(body, exclude or set())
                 RECONCILES.labels(kind="MapService", result="ok").inc()
+            except ApiError as e:
+                RECONCILES.labels(kind="MapService", result="error").inc()
+                if e.transient:
+                    raise
+                await self._report_failure(body, e)  # retrying cannot help: tell the user
             except Exception:
                 RECONCILES.labels(kind="MapService", result="error").inc()
                 raise
@@ -450,6 +455,23 @@ class Operator:
         for d in self.datasets_in(ns):
             if d["name"] in before or spec.dataset_selector.matches(d["labels"]):
                 self.served_queue.request((ns, d["name"]))
+
+    async def _report_failure(self, body: dict, error: ApiError) -> None:
+        meta = body["metadata"]
+        gen = meta.get("generation")
+        old = dict(body.get("status") or {})
+        message = str(error)[:1000]
+        conds = [
+            condition("Ready", False, "ApplyFailed", message, gen),
+            condition("Progressing", False, "ApplyFailed", "", gen),
+            condition("Degraded", True, "ApplyFailed", message, gen),
+        ]
+        status = {"observedGeneration": gen, "conditions": merge_conditions(old.get("conditions"), conds)}
+        if status_changed(old, status):
+            await self.call(
+                self.kube.patch_status, API_VERSION, "MapService", meta["namespace"], meta["name"], status
+            )
+            await self.call(self.kube.event, _ref(body, "MapService"), "Warning", "ApplyFailed", message)
 
     async def _prune_configmaps(self, ns: str, name: str, keep: str) -> None:
         """Delete mapfile ConfigMaps no pod can need any more: not the current one, and not one a

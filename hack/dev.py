@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,12 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = REPO / ".kms" / "data"
 PY = str(REPO / ".venv" / "bin" / "python")
 MAPSERVER_PORT = 8088
+FACADE_PORT = 8000
+ADMIN_PASSWORD_FILE = REPO / ".kms" / "admin-password"
 
 
 def product_processes(kubeconfig: Path) -> list[tuple[str, list[str]]]:
     """(name, argv) of the product's own processes, all on loopback."""
     return [
         ("operator", [PY, "-m", "kms_operator", "--liveness", "http://127.0.0.1:8081/healthz"]),
+        ("facade", [PY, "-m", "kms_api", "--host", "127.0.0.1", "--port", str(FACADE_PORT)]),
         ("local-runner", [PY, str(REPO / "hack" / "local_runner.py"), "--kubeconfig", str(kubeconfig)]),
         (
             "local-mapserver",
@@ -40,6 +44,28 @@ def product_processes(kubeconfig: Path) -> list[tuple[str, list[str]]]:
             ],
         ),
     ]
+
+
+def ensure_admin(env: dict) -> str:
+    """An `admin` user for the facade, with a generated password kept in .kms/admin-password."""
+    if ADMIN_PASSWORD_FILE.exists():
+        password = ADMIN_PASSWORD_FILE.read_text().strip()
+    else:
+        password = secrets.token_urlsafe(18)
+        ADMIN_PASSWORD_FILE.parent.mkdir(parents=True, exist_ok=True)
+        ADMIN_PASSWORD_FILE.write_text(password + "\n")
+        ADMIN_PASSWORD_FILE.chmod(0o600)
+    for verb in ("add", "reset"):  # reset when it exists (a fresh plane has no users Secret)
+        r = subprocess.run(
+            [PY, "-m", "kms_api", "user", verb, "admin", "--role", "admin", "--password-stdin"],
+            input=password,
+            text=True,
+            env=env,
+            capture_output=True,
+        )
+        if r.returncode == 0:
+            return password
+    raise RuntimeError(f"could not create the facade's admin user: {r.stderr.strip()[-500:]}")
 
 
 def install(kubeconfig: Path) -> None:
@@ -100,9 +126,13 @@ def main() -> int:
         "KMS_METRICS_PORT": "9090",
         "KMS_METRICS_ADDR": "127.0.0.1",
         "KMS_SERVICE_URL_TEMPLATE": f"http://127.0.0.1:{MAPSERVER_PORT}/{{namespace}}/{{name}}/",
+        "KMS_NAMESPACE": "default",
+        "KMS_DATA_PVC": "map-data",
+        "KMS_OPERATOR_HEALTH_URL": "http://127.0.0.1:8081/healthz",
     }
     try:
         install(plane.kubeconfig)
+        ensure_admin({**os.environ, **env_kube})
         for name, argv in product_processes(plane.kubeconfig):
             procs.append((name, subprocess.Popen(argv, env={**os.environ, **env_kube}, cwd=REPO)))
             cluster.log(f"started {name}")
@@ -116,6 +146,7 @@ def main() -> int:
             f"&WIDTH=512&HEIGHT=256&FORMAT=image/png&TRANSPARENT=TRUE\n"
             f"  data:    {DATA_ROOT} (the data volume of the examples)\n"
             f"  metrics: http://127.0.0.1:9090/metrics   liveness: http://127.0.0.1:8081/healthz\n"
+            f"  facade:  http://127.0.0.1:{FACADE_PORT}/docs  (admin, password in .kms/admin-password)\n"
             f"Ctrl-C stops everything.\n",
             flush=True,
         )

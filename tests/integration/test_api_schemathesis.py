@@ -90,4 +90,3 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     except AssertionError as e:  # not the facade's doing: say what is stuck, do not fail the facade's test
         warnings.warn(f"{e}\nleft:\n{_leftovers(cluster, fac.namespace)}", stacklevel=1)
     assert done.returncode == 0, out[-12000:] + "\n--- facade log ---\n" + fac.log_tail(60)
-    assert "server error" not in out.lower() or "0 server error" in out.lower()

@@ -94,6 +94,7 @@ def test_list_latency_with_1000_datasets(cluster, facade_factory, operator_proce
         lambda: _reconciled(cluster, fac.namespace) == N, "operator reconciled 1000", timeout=300, interval=2
     )
     reconciled = time.perf_counter() - t0
+    t0 = time.perf_counter()
     client.CustomObjectsApi(cluster.api).delete_collection_namespaced_custom_object(
         "maps.kube-mapserver.io", "v1alpha1", fac.namespace, "mapdatasets"
     )

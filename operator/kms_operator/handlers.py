@@ -45,7 +45,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = s.watch_server_timeout + 30
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = s.request_timeout
-    settings.networking.connect_timeout = 10
+    # with a bounded pool, waiting for a free connection counts against this timeout
+    settings.networking.connect_timeout = 30
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

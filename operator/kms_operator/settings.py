@@ -30,7 +30,7 @@ class Settings:
         )
     )
     # Concurrent API connections of Kopf: its ~10 watch streams plus requests in flight.
-    connection_limit: int = field(default_factory=lambda: int(os.environ.get("KMS_CONNECTION_LIMIT", "48")))
+    connection_limit: int = field(default_factory=lambda: int(os.environ.get("KMS_CONNECTION_LIMIT", "96")))
     # Lease that keeps a second operator on standby (0 disables it, e.g. one operator per namespace)
     lease_seconds: int = field(default_factory=lambda: int(os.environ.get("KMS_LEASE_SECONDS", "15")))
     metrics_port: int = field(default_factory=lambda: int(os.environ.get("KMS_METRICS_PORT", "9090")))

@@ -68,25 +68,27 @@ def ensure_admin(env: dict) -> str:
     raise RuntimeError(f"could not create the facade's admin user: {r.stderr.strip()[-500:]}")
 
 
-def install(kubeconfig: Path) -> None:
-    """CRDs, the sample data and a hostPath data volume for the examples."""
+def install(kubeconfig: Path, data_root: Path = DATA_ROOT, owner: str = "kms-dev") -> None:
+    """CRDs, the sample data and a hostPath data volume `map-data` in `default` for the examples."""
     kubectl = [str(cluster.binaries()["kubectl"]), f"--kubeconfig={kubeconfig}"]
-    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True)
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True, stdout=subprocess.DEVNULL
+    )
     subprocess.run(
         [*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], check=True
     )
     subprocess.run(
-        [PY, str(REPO / "hack" / "sample_data.py"), str(DATA_ROOT)], check=True, stdout=subprocess.DEVNULL
+        [PY, str(REPO / "hack" / "sample_data.py"), str(data_root)], check=True, stdout=subprocess.DEVNULL
     )
     pv = f"""
 apiVersion: v1
 kind: PersistentVolume
-metadata: {{name: kms-dev-map-data}}
+metadata: {{name: {owner}-map-data}}
 spec:
   capacity: {{storage: 1Gi}}
   accessModes: [ReadWriteOnce]
   storageClassName: manual
-  hostPath: {{path: {DATA_ROOT}}}
+  hostPath: {{path: {data_root}}}
   claimRef: {{namespace: default, name: map-data}}
 ---
 apiVersion: v1
@@ -95,11 +97,11 @@ metadata: {{name: map-data, namespace: default}}
 spec:
   accessModes: [ReadWriteOnce]
   storageClassName: manual
-  volumeName: kms-dev-map-data
+  volumeName: {owner}-map-data
   resources: {{requests: {{storage: 1Gi}}}}
 """
     subprocess.run(
-        [*kubectl, "apply", "--server-side", "--field-manager=kms-dev", "-f", "-"],
+        [*kubectl, "apply", "--server-side", f"--field-manager={owner}", "-f", "-"],
         input=pv,
         text=True,
         check=True,

@@ -26,6 +26,7 @@ HACK = Path(__file__).resolve().parent
 REPO = HACK.parent
 sys.path.insert(0, str(HACK))
 import cluster  # noqa: E402
+import dev  # noqa: E402
 
 PY = str(REPO / ".venv" / "bin" / "python")
 
@@ -50,41 +51,8 @@ def wait_http(url: str, what: str, proc: subprocess.Popen, timeout: float = 60) 
     raise RuntimeError(f"timed out after {timeout}s waiting for {what} at {url}; last: {last!r}")
 
 
-def install(kubectl: list[str], data_root: Path) -> None:
-    subprocess.run(
-        [*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True, stdout=subprocess.DEVNULL
-    )
-    subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], check=True
-    )
-    subprocess.run([PY, str(HACK / "sample_data.py"), str(data_root)], check=True, stdout=subprocess.DEVNULL)
-    volume = f"""
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: kms-smoke-map-data}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  hostPath: {{path: {data_root}}}
-  claimRef: {{namespace: default, name: map-data}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: map-data, namespace: default}}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  volumeName: kms-smoke-map-data
-  resources: {{requests: {{storage: 1Gi}}}}
-"""
-    subprocess.run(
-        [*kubectl, "apply", "--server-side", "--field-manager=kms-smoke", "-f", "-"],
-        input=volume,
-        text=True,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+def install(kubectl: list[str], kubeconfig: Path, data_root: Path) -> None:
+    dev.install(kubeconfig, data_root, "kms-smoke")  # CRDs, sample data, the map-data volume
     # the example MapService selects collection=ocean: it will serve the smoke dataset
     subprocess.run(
         [*kubectl, "apply", "-n", "default", "-f", str(REPO / "examples" / "service.yaml")],
@@ -106,7 +74,7 @@ def main() -> int:
         cluster.up(plane, port=None, timeout=120)
         kubeconfig = plane.kubeconfig
         kubectl = [str(cluster.binaries()["kubectl"]), f"--kubeconfig={kubeconfig}"]
-        install(kubectl, data_root)
+        install(kubectl, kubeconfig, data_root)
         ports = {n: cluster.free_port() for n in ("liveness", "metrics", "mapserver", "facade")}
         env = {
             **os.environ,

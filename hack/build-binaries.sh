@@ -6,6 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 
 CACHE=${KMS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-mapserver}
 K8S_DIR="$CACHE/bin/kubernetes-$K8S_VERSION"
@@ -14,20 +16,6 @@ KWOK_DIR="$CACHE/bin/kwok-$KWOK_VERSION"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 export GOPROXY=${GOPROXY:-https://proxy.golang.org}
 
-log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-# Print progress while a long go build runs (go itself is silent for minutes).
-with_heartbeat() {
-  local what=$1; shift
-  local start=$SECONDS
-  ( while sleep 30; do log "$what: still building ($((SECONDS - start))s)"; done ) &
-  local hb=$!
-  local rc=0
-  "$@" || rc=$?
-  kill "$hb" 2>/dev/null; wait "$hb" 2>/dev/null || true
-  if [ $rc -ne 0 ]; then log "$what: FAILED after $((SECONDS - start))s"; return $rc; fi
-  log "$what: done in $((SECONDS - start))s"
-}
 
 build_kubernetes() {
   local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)

@@ -7,6 +7,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=tool-versions.env
 source "$here/tool-versions.env"
+# shellcheck source=lib.sh
+source "$here/lib.sh"
 
 CACHE=${KMS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-mapserver}
 HELM_DIR="$CACHE/bin/helm-$HELM_VERSION"
@@ -15,20 +17,6 @@ KIND_DIR="$CACHE/bin/kind-$KIND_VERSION"
 export GOTOOLCHAIN=local CGO_ENABLED=0
 export GOPROXY=${GOPROXY:-https://proxy.golang.org}
 
-log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-# Print progress while a long go build runs (go itself is silent for minutes).
-with_heartbeat() {
-  local what=$1; shift
-  local start=$SECONDS
-  ( while sleep 30; do log "$what: still building ($((SECONDS - start))s)"; done ) &
-  local hb=$!
-  local rc=0
-  "$@" || rc=$?
-  kill "$hb" 2>/dev/null; wait "$hb" 2>/dev/null || true
-  if [ $rc -ne 0 ]; then log "$what: FAILED after $((SECONDS - start))s"; return $rc; fi
-  log "$what: done in $((SECONDS - start))s"
-}
 
 # go_install NAME DIR MODULE@VERSION [ldflags]
 go_install() {

@@ -216,6 +216,25 @@ def operator_process(
         proc.stop()
 
 
+def _hack_process(log_path: Path, script: str, *args: str) -> subprocess.Popen:
+    """A hack/ helper process (local dev servers) run with the venv, logging to log_path."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "python"), str(REPO / "hack" / script), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture(scope="session")
 def local_mapserver_port() -> int:
     """The loopback port of hack/local_mapserver.py (the URL the operator writes into status)."""
@@ -228,21 +247,14 @@ def local_mapserver(cluster: Cluster, local_mapserver_port: int, tmp_path_factor
     import urllib.error
     import urllib.request
 
-    log_path = tmp_path_factory.mktemp("mapserver") / "local-mapserver.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [
-                str(REPO / ".venv" / "bin" / "python"),
-                str(REPO / "hack" / "local_mapserver.py"),
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-                "--port",
-                str(local_mapserver_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    proc = _hack_process(
+        tmp_path_factory.mktemp("mapserver") / "local-mapserver.log",
+        "local_mapserver.py",
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--port",
+        str(local_mapserver_port),
+    )
     base = f"http://127.0.0.1:{local_mapserver_port}"
 
     def up() -> bool:
@@ -256,11 +268,7 @@ def local_mapserver(cluster: Cluster, local_mapserver_port: int, tmp_path_factor
         wait_until(up, "local mapserver listening", timeout=30)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -268,27 +276,16 @@ def local_runner(cluster: Cluster, tmp_path_factory) -> Iterator[subprocess.Pope
     """hack/local_runner.py: runs job pods' commands on this machine (the plane's kubelet is fake)."""
     if not cluster.local:
         pytest.skip("job pods run for real on a real cluster")
-    log_path = tmp_path_factory.mktemp("runner") / "local-runner.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [
-                str(REPO / ".venv" / "bin" / "python"),
-                str(REPO / "hack" / "local_runner.py"),
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+    proc = _hack_process(
+        tmp_path_factory.mktemp("runner") / "local-runner.log",
+        "local_runner.py",
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+    )
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
 # ---------------------------------------------------------------------------------------------

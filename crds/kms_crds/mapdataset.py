@@ -195,6 +195,24 @@ class Extent(KModel):
     crs: str = Field(description="CRS of the bbox, e.g. EPSG:4326.")
 
 
+class DatasetTileCache(KModel):
+    service: str | None = Field(None, description="MapService whose cache holds the tiles.")
+    version: str | None = Field(None, description="Cache version: changes whenever the rendering may change.")
+    xyz: str | None = Field(None, description="XYZ tile URL template ({z}/{x}/{y}, web mercator).")
+    wmts: str | None = Field(None, description="WMTS GetCapabilities URL.")
+
+
+class SeededTiles(KModel):
+    version: str | None = Field(None, description="Cache version the tiles were seeded for.")
+    grid: str | None = Field(None, description="Grid seeded.")
+    min_zoom: int | None = Field(None, description="First zoom level seeded.")
+    max_zoom: int | None = Field(None, description="Last zoom level seeded.")
+    tiles: int | None = Field(None, description="Tiles seeded.")
+    bytes: int | None = Field(None, description="Size of the dataset's cached tiles after seeding.")
+    job: str | None = Field(None, description="The MapJob that seeded them.")
+    time: str | None = Field(None, description="When seeding finished.")
+
+
 class MapDatasetStatus(KModel):
     conditions: list[Condition] | None = Field(None, description="Ready, Progressing, Degraded.")
     observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
@@ -212,6 +230,12 @@ class MapDatasetStatus(KModel):
     served_by: list[str] | None = Field(None, description="MapServices that serve this dataset.")
     layer_name: str | None = Field(None, description="OGC layer name of the dataset.")
     url: str | None = Field(None, description="OGC endpoint (WMS) of the first service that serves it.")
+    tile_cache: DatasetTileCache | None = Field(
+        None, description="The tile cache of the first serving service that has one."
+    )
+    tile_cache_seeded: SeededTiles | None = Field(
+        None, description="The last seeding of this dataset's tiles."
+    )
 
 
 class MapDataset(Resource):

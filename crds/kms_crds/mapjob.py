@@ -49,6 +49,8 @@ class JobType(StrEnum):
     repair_metadata = "repair-metadata"
     hyspex_variants = "hyspex-variants"
     inspect = "inspect"
+    cache_seed = "cache-seed"
+    cache_purge = "cache-purge"
 
 
 class Compression(StrEnum):
@@ -130,6 +132,65 @@ class Inspect(KModel):
     dataset: DatasetName = Field(description="MapDataset to inspect.")
 
 
+ServiceName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+CACHE_GRIDS = ("GoogleMapsCompatible", "WGS84")
+
+
+class CacheSeed(KModel):
+    """Fill a MapService's tile cache (its MapCache seeder) for datasets, zoom levels and an area."""
+
+    service: ServiceName = Field(description="MapService whose tile cache is seeded.")
+    datasets: list[DatasetName] | None = Field(
+        None, max_length=1000, description="Datasets to seed (default: every dataset the service serves)."
+    )
+    grid: str = Field(
+        "GoogleMapsCompatible", pattern=r"^(GoogleMapsCompatible|WGS84)$", description="Grid to seed."
+    )
+    min_zoom: int = Field(0, ge=0, le=24, description="First zoom level.")
+    max_zoom: int = Field(ge=0, le=24, description="Last zoom level.")
+    extent: list[float] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="Area in EPSG:4326 [minLon, minLat, maxLon, maxLat] (default: each dataset's extent).",
+    )
+    threads: int = Field(2, ge=1, le=8, description="Concurrent tile requests.")
+
+    model_config = KModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.minZoom <= self.maxZoom", "message": "minZoom must not exceed maxZoom"},
+                {
+                    "rule": "!has(self.extent) || "
+                    "(self.extent[0] < self.extent[2] && self.extent[1] < self.extent[3])",
+                    "message": "extent must be [minLon, minLat, maxLon, maxLat] with min < max",
+                },
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _ranges(self) -> CacheSeed:
+        if self.min_zoom > self.max_zoom:
+            raise ValueError("minZoom must not exceed maxZoom")
+        e = self.extent
+        if e is not None and not (e[0] < e[2] and e[1] < e[3]):
+            raise ValueError("extent must be [minLon, minLat, maxLon, maxLat] with min < max")
+        return self
+
+
+class CachePurge(KModel):
+    """Delete tiles from a MapService's tile cache."""
+
+    service: ServiceName = Field(description="MapService whose tile cache is purged.")
+    datasets: list[DatasetName] | None = Field(
+        None, max_length=1000, description="Datasets to purge (default: every dataset the service serves)."
+    )
+    keep_current: bool = Field(
+        False, description="Keep tiles of each dataset's current version (remove only outdated tiles)."
+    )
+
+
 class OutputDataset(KModel):
     """A MapDataset registered (or refreshed) from the job's output file on success."""
 
@@ -166,6 +227,8 @@ PARAM_FIELDS: dict[str, str] = {
     "repair-metadata": "repairMetadata",
     "hyspex-variants": "hyspexVariants",
     "inspect": "inspect",
+    "cache-seed": "cacheSeed",
+    "cache-purge": "cachePurge",
 }
 
 
@@ -180,6 +243,8 @@ class MapJobSpec(KModel):
     repair_metadata: RepairMetadata | None = Field(None, description="Parameters of repair-metadata.")
     hyspex_variants: HyspexVariants | None = Field(None, description="Parameters of hyspex-variants.")
     inspect: Inspect | None = Field(None, description="Parameters of inspect.")
+    cache_seed: CacheSeed | None = Field(None, description="Parameters of cache-seed.")
+    cache_purge: CachePurge | None = Field(None, description="Parameters of cache-purge.")
     output: JobOutput | None = Field(None, description="What to do with the result on success.")
     cancel: bool = Field(False, description="Set to true to cancel the job.")
     ttl_seconds_after_finished: int | None = Field(

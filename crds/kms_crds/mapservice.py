@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from enum import StrEnum
+
+from pydantic import Field, model_validator
 
 from .common import (
     DNS_LABEL,
@@ -18,6 +20,8 @@ from .common import (
 
 # Pinned upstream MapServer 8 image (Apache + mod_fcgid, listens on 8080 when not root).
 DEFAULT_IMAGE = "camptocamp/mapserver:8.4"
+# Our image: MapCache (Debian mapcache-cgi/-tools) behind kube-mapserver-tiles.
+DEFAULT_TILES_IMAGE = "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
 
 
 class DataVolume(KModel):
@@ -133,6 +137,104 @@ class Probes(KModel):
     )
 
 
+class TileGrid(StrEnum):
+    """MapCache's predefined grids (the names appear in tile URLs)."""
+
+    GoogleMapsCompatible = "GoogleMapsCompatible"  # EPSG:3857 web mercator, 1 tile at z0
+    WGS84 = "WGS84"  # EPSG:4326, 2x1 tiles at z0
+
+
+class TileFormat(StrEnum):
+    png = "png"
+    jpeg = "jpeg"
+
+
+class CacheStorageType(StrEnum):
+    disk = "disk"
+    sqlite = "sqlite"
+
+
+class CacheStorage(KModel):
+    """Where tiles are kept. With a PVC the cache is shared by every cache pod and by seeding jobs
+    (ReadWriteMany for more than one replica); without one each pod has its own emptyDir cache and
+    seeding is not possible."""
+
+    type: CacheStorageType = Field(
+        CacheStorageType.disk, description="disk (one file per tile) or sqlite (one database per dataset)."
+    )
+    persistent_volume_claim: str | None = Field(
+        None,
+        description="PVC holding the cache (mounted at /var/cache/mapcache).",
+        pattern=DNS_LABEL,
+        max_length=253,
+    )
+    size_limit: str = Field(
+        "1Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti)?$", description="Size limit of the emptyDir cache (no PVC)."
+    )
+
+
+class SeedPolicy(KModel):
+    """Seed each served dataset's tiles automatically when it appears or changes."""
+
+    grid: TileGrid = Field(TileGrid.GoogleMapsCompatible, description="Grid to seed.")
+    min_zoom: int = Field(0, ge=0, le=24, description="First zoom level to seed.")
+    max_zoom: int = Field(ge=0, le=24, description="Last zoom level to seed.")
+    extent: list[float] | None = Field(
+        None,
+        min_length=4,
+        max_length=4,
+        description="Area to seed in EPSG:4326 [minLon, minLat, maxLon, maxLat] (default: each dataset's).",
+    )
+    threads: int = Field(2, ge=1, le=8, description="Concurrent tile requests of the seeder.")
+
+    model_config = KModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": "self.minZoom <= self.maxZoom", "message": "seed.minZoom must not exceed maxZoom"},
+                {
+                    "rule": "!has(self.extent) || "
+                    "(self.extent[0] < self.extent[2] && self.extent[1] < self.extent[3])",
+                    "message": "seed.extent must be [minLon, minLat, maxLon, maxLat] with min < max",
+                },
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _ranges(self) -> SeedPolicy:
+        if self.min_zoom > self.max_zoom:
+            raise ValueError("seed.minZoom must not exceed maxZoom")
+        e = self.extent
+        if e is not None and not (e[0] < e[2] and e[1] < e[3]):
+            raise ValueError("seed.extent must be [minLon, minLat, maxLon, maxLat] with min < max")
+        return self
+
+
+class TileCache(KModel):
+    """A MapCache in front of the service: WMTS, TMS, XYZ and tiled WMS, one tileset per dataset."""
+
+    enabled: bool = Field(True, description="Run the tile cache.")
+    grids: list[TileGrid] = Field(
+        default_factory=lambda: [TileGrid.GoogleMapsCompatible, TileGrid.WGS84],
+        min_length=1,
+        max_length=2,
+        description="Tile grids offered.",
+    )
+    format: TileFormat = Field(TileFormat.png, description="Tile image format.")
+    storage: CacheStorage = Field(default_factory=CacheStorage, description="Where tiles are kept.")
+    seed: SeedPolicy | None = Field(None, description="Seed datasets automatically (new or changed).")
+    wms: bool = Field(
+        False, description="Send WMS clients through the cache (status url points at the tiled WMS)."
+    )
+    metatile: int = Field(1, ge=1, le=8, description="Metatile size (tiles per side rendered at once).")
+    expires: int = Field(3600, ge=0, description="Cache-Control max-age of tile answers, in seconds.")
+    replicas: int = Field(1, ge=0, le=100, description="Tile cache pods.")
+    image: str = Field(
+        DEFAULT_TILES_IMAGE, max_length=512, description="Image with MapCache and the tile server."
+    )
+    resources: Resources | None = Field(None, description="Requests/limits of the tile cache container.")
+
+
 class MapServiceSpec(KModel):
     """A MapServer deployment serving the MapDatasets its selector picks."""
 
@@ -159,6 +261,22 @@ class MapServiceSpec(KModel):
     extent: list[float] | None = Field(
         None, min_length=4, max_length=4, description="Map extent in EPSG:4326 (default: union of datasets)."
     )
+    tile_cache: TileCache | None = Field(
+        None, description="Optional MapCache tile cache in front of MapServer."
+    )
+
+
+class TileCacheStatus(KModel):
+    url: str | None = Field(None, description="Base URL of the tile cache.")
+    wmts: str | None = Field(None, description="WMTS GetCapabilities URL.")
+    tms: str | None = Field(None, description="TMS tile URL template ({dataset}, {grid}, {z}, {x}, {y}).")
+    xyz: str | None = Field(
+        None, description="XYZ tile URL template, y from the top ({dataset}, {z}, {x}, {y})."
+    )
+    wms: str | None = Field(None, description="Tiled WMS endpoint.")
+    config_map: str | None = Field(None, description="ConfigMap holding the MapCache configuration.")
+    tilesets: int | None = Field(None, description="Tilesets (datasets) in the cache.")
+    ready_replicas: int | None = Field(None, description="Tile cache replicas passing readiness.")
 
 
 class MapServiceStatus(KModel):
@@ -174,6 +292,7 @@ class MapServiceStatus(KModel):
     mapfile_hash: str | None = Field(None, description="Content hash of the generated mapfile.")
     config_map: str | None = Field(None, description="ConfigMap holding the mapfile.")
     url: str | None = Field(None, description="WMS endpoint.")
+    tile_cache: TileCacheStatus | None = Field(None, description="The tile cache, when enabled.")
 
 
 class MapService(Resource):

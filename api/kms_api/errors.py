@@ -56,7 +56,12 @@ def from_kube(e: KubeError, what: str = "") -> Problem:
     if e.status == 403:
         log.error("the facade's service account is not allowed to do this: %s", e)
         return Problem(503, "the facade is not allowed to do this in the cluster (RBAC)")
-    return Problem(503, f"the Kubernetes API is unavailable: {e.message}"[:500], headers={"Retry-After": "5"})
+    # the cause goes to the log only: it names the apiserver's address and the facade's request paths
+    log.warning("Kubernetes API call failed: %s", e)
+    why = "unreachable or no answer in time" if e.status == 0 else f"HTTP {e.status}"
+    return Problem(
+        503, f"the Kubernetes API is unavailable ({why}); try again later", headers={"Retry-After": "5"}
+    )
 
 
 def install(app: FastAPI) -> None:

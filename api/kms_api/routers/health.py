@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import httpx
@@ -11,9 +12,11 @@ from fastapi.responses import JSONResponse
 
 from .. import __version__
 from ..deps import Context, Ctx
+from ..kube import KubeError
 from ..models import Component, HealthReport
 from ..views import condition
 
+log = logging.getLogger("kms_api.health")
 router = APIRouter(tags=["health"])
 
 
@@ -28,9 +31,15 @@ async def _bounded(coro, name: str, timeout: float) -> Component:
 
 async def check_kubernetes(ctx: Context) -> Component:
     t = ctx.settings.health_timeout
-    status, _ = await asyncio.to_thread(
-        ctx.cr.kube.request, "GET", "/readyz", None, None, "application/json", (t, t)
-    )
+    try:
+        status, _ = await asyncio.to_thread(
+            ctx.cr.kube.request, "GET", "/readyz", None, None, "application/json", (t, t)
+        )
+    except KubeError as e:  # the cause names the apiserver's address: logged, not shown (public route)
+        log.warning("health: %s", e)
+        return Component(
+            name="kubernetes", status="down", detail="apiserver unreachable or no answer in time"
+        )
     if status == 200:
         return Component(name="kubernetes", status="ok", detail="apiserver /readyz ok")
     return Component(name="kubernetes", status="down", detail=f"apiserver /readyz: HTTP {status}")

@@ -14,6 +14,8 @@ RUNNER_ANNOTATION = "maps.kube-mapserver.io/runner"
 DATA_MOUNT = "/data"
 TERMINATION_LOG = "/dev/termination-log"
 JOB_UID = 10001
+CACHE_MOUNT = "/var/cache/mapcache"
+CACHE_VERSIONS_ANNOTATION = "maps.kube-mapserver.io/cache-versions"
 
 
 def job_name(mapjob: str) -> str:
@@ -34,8 +36,17 @@ def job_labels(mapjob: str, job_type: str) -> dict[str, str]:
     }
 
 
-def build_job(name: str, namespace: str, uid: str, spec: MapJobSpec, params: dict) -> dict:
-    """The Job: one pod running `kube-mapserver-job <type> --params-json ...` as a non-root user."""
+def build_job(
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: MapJobSpec,
+    params: dict,
+    cache_claim: str | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict:
+    """The Job: one pod running `kube-mapserver-job <type> --params-json ...` as a non-root user
+    (cache jobs also mount the tile cache volume of their MapService)."""
     labels = job_labels(name, spec.type)
     args = [
         spec.type,
@@ -53,6 +64,10 @@ def build_job(name: str, namespace: str, uid: str, spec: MapJobSpec, params: dic
         volumes.append(
             {"name": "data", "persistentVolumeClaim": {"claimName": spec.data.persistent_volume_claim}}
         )
+    if cache_claim:
+        args += ["--cache-root", CACHE_MOUNT]
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}})
     container = {
         "name": "runner",
         "image": spec.image,
@@ -97,14 +112,12 @@ def build_job(name: str, namespace: str, uid: str, spec: MapJobSpec, params: dic
         job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
     if spec.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(name),
-            "namespace": namespace,
-            "labels": labels,
-            "ownerReferences": [owner_reference("MapJob", name, uid)],
-        },
-        "spec": job_spec,
+    meta: dict = {
+        "name": job_name(name),
+        "namespace": namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference("MapJob", name, uid)],
     }
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}

@@ -14,14 +14,16 @@ from pydantic import ValidationError
 from kms_crds import API_VERSION
 from kms_crds.mapjob import MapJobSpec
 
+from .cache_jobs import CacheJobError, resolve_cache_job
 from .conditions import condition, merge_conditions, status_changed
 from .kube import now_rfc3339
-from .mapjob_builder import build_job, job_name
+from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_name
 from .metrics import JOB_PHASES
 
 log = logging.getLogger("kms_operator.jobs")
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 FILE_JOBS = {"nc-to-geotiff", "cog-convert", "merge-terrain"}
+CACHE_JOBS = {"cache-seed", "cache-purge"}
 JOB_FIELD_MANAGER = "kube-mapserver-jobs"
 
 
@@ -163,13 +165,26 @@ class MapJobs:
                 )
                 return
             try:
-                params = resolve_params(op, ns, spec)
-            except JobInputError as e:
+                if spec.type in CACHE_JOBS:
+                    source = op.settings.tiles_source_template.format(name=spec.params.service, namespace=ns)
+                    cj = resolve_cache_job(op, ns, spec, source)
+                    job_body = build_job(
+                        name,
+                        ns,
+                        meta["uid"],
+                        spec,
+                        cj.params,
+                        cache_claim=cj.claim,
+                        annotations={CACHE_VERSIONS_ANNOTATION: json.dumps(cj.versions, sort_keys=True)},
+                    )
+                else:
+                    job_body = build_job(name, ns, meta["uid"], spec, resolve_params(op, ns, spec))
+            except (JobInputError, CacheJobError) as e:
                 await self._write(
                     body, old, {"phase": "Failed", "message": str(e), "completionTime": now_rfc3339()}, gen
                 )
                 return
-            await op.call(op.kube.apply, build_job(name, ns, meta["uid"], spec, params))
+            await op.call(op.kube.apply, job_body)
             await self._write(
                 body, old, {"phase": "Queued", "jobName": jname, "message": "Job created", "attempts": 0}, gen
             )
@@ -189,6 +204,8 @@ class MapJobs:
                 new.update(phase="Succeeded", result=result, message=result.get("message") or "succeeded")
                 try:
                     await self._apply_result(ns, spec, result)
+                    if spec.type in CACHE_JOBS:
+                        await self._apply_cache_result(ns, name, spec, job, result, end)
                 except JobInputError as e:
                     new.update(phase="Failed", message=f"result could not be applied: {e}")
             else:
@@ -286,6 +303,42 @@ class MapJobs:
                 await op.call(op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, patch)
         if spec.type == "hyspex-variants" and spec.hyspex_variants.create_missing:
             await self._create_variants(ns, result)
+
+    async def _apply_cache_result(
+        self, ns: str, name: str, spec: MapJobSpec, job: dict, result: dict, end: str
+    ) -> None:
+        """Seeding records what it seeded in each dataset's status; purging clears that record
+        for the versions it removed."""
+        op = self.op
+        raw = (job["metadata"].get("annotations") or {}).get(CACHE_VERSIONS_ANNOTATION) or "{}"
+        versions: dict = json.loads(raw)
+        present = {d["name"]: d for d in op.datasets_in(ns) if not d["deleting"]}
+        for dname, version in versions.items():
+            d = present.get(dname)
+            if d is None:
+                continue
+            if spec.type == "cache-seed":
+                seeded = {
+                    "version": version,
+                    "grid": spec.cache_seed.grid,
+                    "minZoom": spec.cache_seed.min_zoom,
+                    "maxZoom": spec.cache_seed.max_zoom,
+                    "tiles": (result.get("perTileset") or {})
+                    .get(dname, {})
+                    .get("tiles", result.get("tiles")),
+                    "bytes": (result.get("bytesPerTileset") or {}).get(dname, result.get("bytes")),
+                    "job": name,
+                    "time": end,
+                }
+                await op.call(
+                    op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, {"tileCacheSeeded": seeded}
+                )
+            else:
+                had = (d["status"].get("tileCacheSeeded") or {}).get("version")
+                if had and had != version:  # its tiles were removed (version None removes all)
+                    await op.call(
+                        op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, {"tileCacheSeeded": None}
+                    )
 
     async def _create_variants(self, ns: str, result: dict) -> None:
         op = self.op

@@ -18,11 +18,10 @@ from kms_crds.common import LabelSelector
 from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus
 from kms_crds.mapservice import MapServiceSpec
 
-from . import builders
+from . import builders, tilecache
 from .conditions import condition, get_condition, merge_conditions, status_changed
 from .inspect_source import InspectError, inspect_source
 from .kube import ApiError, Kube
-from .labels import labels
 from .mapfile import DatasetInput, build_config, build_mapfile, layer_name, mapfile_hash
 from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES
 from .settings import Settings
@@ -200,7 +199,11 @@ class Operator:
                 condition("Ready", True, "SourceValid", "source found and readable", gen),
                 condition("Degraded", False, "AsExpected", "", gen),
             ]
-        status.update(self._served_status(ns, name, dict(meta.get("labels") or {}), ready=not problem))
+        status.update(
+            self._served_status(
+                ns, name, dict(meta.get("labels") or {}), not problem, body["spec"], {**old, **status}
+            )
+        )
         status["conditions"] = merge_conditions(old.get("conditions"), conds)
         if status_changed(old, status):
             await self.call(self.kube.patch_status, API_VERSION, "MapDataset", ns, name, status)
@@ -219,7 +222,9 @@ class Operator:
         RECONCILES.labels(kind="MapDataset", result="problem" if problem else "ok").inc()
         RECONCILE_SECONDS.labels(kind="MapDataset").observe(time.monotonic() - t0)
 
-    def _served_status(self, ns: str, name: str, dataset_labels: dict, ready: bool) -> dict:
+    def _served_status(
+        self, ns: str, name: str, dataset_labels: dict, ready: bool, spec: Mapping, status: Mapping
+    ) -> dict:
         served = []
         if ready:
             served = sorted(
@@ -227,14 +232,25 @@ class Operator:
                 for s in self.services_in(ns)
                 if not s["deleting"] and selector_of(s).matches(dataset_labels)
             )
-        out: dict = {"servedBy": served}
-        if served:
-            svc = next(s for s in self.services_in(ns) if s["name"] == served[0])
-            spec = MapServiceSpec.model_validate(svc["spec"])
-            out["url"] = builders.service_url(served[0], ns, spec, self.settings.service_url_template)
-            out["url"] += "?SERVICE=WMS&REQUEST=GetCapabilities"
-        else:
-            out["url"] = None
+        out: dict = {"servedBy": served, "url": None, "tileCache": None}
+        specs = {s["name"]: s["spec"] for s in self.services_in(ns) if s["name"] in served}
+        for i, service in enumerate(served):
+            svc = MapServiceSpec.model_validate(specs[service])
+            if i == 0:
+                out["url"] = builders.service_url(service, ns, svc, self.settings.service_url_template)
+                out["url"] += "?SERVICE=WMS&REQUEST=GetCapabilities"
+            tc = svc.tile_cache
+            if tc and tc.enabled:
+                urls = tilecache.tile_urls(
+                    self.settings.tiles_url_template.format(name=service, namespace=ns), tc
+                )
+                out["tileCache"] = {
+                    "service": service,
+                    "version": tilecache.dataset_version(spec, status),
+                    "xyz": urls["xyz"].replace("{dataset}", name),
+                    "wmts": urls["wmts"],
+                }
+                break
         return out
 
     async def _served_from_queue(self, key: Key) -> None:
@@ -242,8 +258,9 @@ class Operator:
         snap = next((d for d in self.datasets_in(ns) if d["name"] == name), None)
         if snap is None or snap["deleting"]:
             return
-        want = self._served_status(ns, name, snap["labels"], ready=is_ready(snap))
-        have = {"servedBy": snap["status"].get("servedBy") or [], "url": snap["status"].get("url")}
+        want = self._served_status(ns, name, snap["labels"], is_ready(snap), snap["spec"], snap["status"])
+        have = {k: snap["status"].get(k) for k in want}
+        have["servedBy"] = have["servedBy"] or []
         if want != have:
             await self.call(self.kube.patch_status, API_VERSION, "MapDataset", ns, name, want)
 
@@ -439,7 +456,12 @@ class Operator:
             "mapfileHash": digest,
             "configMap": children["configmap"]["metadata"]["name"],
             "url": builders.service_url(name, ns, spec, self.settings.service_url_template),
+            "tileCache": await self._reconcile_tile_cache(
+                owner, spec, datasets, rolled, ref, had_cache=bool(old_status.get("tileCache"))
+            ),
         }
+        if spec.tile_cache and spec.tile_cache.enabled and spec.tile_cache.wms:
+            status["url"] = status["tileCache"]["url"]
         status["conditions"] = merge_conditions(old_status.get("conditions"), conds)
         if status_changed(old_status, status):
             await self.call(self.kube.patch_status, API_VERSION, "MapService", ns, name, status)
@@ -455,6 +477,110 @@ class Operator:
         for d in self.datasets_in(ns):
             if d["name"] in before or spec.dataset_selector.matches(d["labels"]):
                 self.served_queue.request((ns, d["name"]))
+
+    async def _reconcile_tile_cache(
+        self,
+        owner: builders.Owner,
+        spec: MapServiceSpec,
+        datasets: list[DatasetInput],
+        rolled: bool,
+        ref: dict,
+        had_cache: bool,
+    ) -> dict | None:
+        """The MapCache children; a new configuration waits until MapServer serves the new mapfile
+        (so no tile of the new version is rendered by an old pod), then outdated tiles are purged
+        and, with a seed policy, new and changed datasets seeded, by MapJobs."""
+        ns, name = owner.namespace, owner.name
+        tc, tname = spec.tile_cache, tilecache.tiles_name(name)
+        if (tc is None or not tc.enabled) and not had_cache:
+            return None
+        live = await self.call(self.kube.get, "apps/v1", "Deployment", ns, tname)
+        if tc is None or not tc.enabled:
+            if live is not None:
+                await self.call(self.kube.delete, "apps/v1", "Deployment", ns, tname)
+                await self.call(self.kube.delete, "v1", "Service", ns, tname)
+                await self.call(self.kube.event, ref, "Normal", "Removed", "tile cache removed (not in spec)")
+            await self._prune_configmaps(ns, name, keep="", component="tilecache-config")
+            return None
+        snaps = {d["name"]: d for d in self.datasets_in(ns)}
+        tilesets = [
+            tilecache.Tileset(
+                name=d.name,
+                layer=layer_name(d.spec.identifier),
+                version=tilecache.dataset_version(snaps[d.name]["spec"], snaps[d.name]["status"]),
+                title=d.spec.title or d.name,
+                wgs84_bbox=tuple(d.status.wgs84_bbox) if d.status.wgs84_bbox else None,
+            )
+            for d in datasets
+            if d.name in snaps
+        ]
+        versions = {t.name: t.version for t in tilesets}
+        source = self.settings.tiles_source_template.format(name=name, namespace=ns)
+        xml = tilecache.build_mapcache_xml(name, tc, tilesets, source)
+        digest = tilecache.config_digest(xml)
+        cm = tilecache.build_tiles_configmap(owner, xml, versions, digest)
+        live_cm = _config_map_of(live)
+        cm_name = cm["metadata"]["name"]
+        deploy = live
+        if live is not None and live_cm != cm_name and not rolled:
+            cm_name = live_cm  # MapServer is still rolling out: keep the cache on the old config
+        else:
+            before: dict = {}
+            if live_cm and live_cm != cm_name:
+                old_cm = await self.call(self.kube.get, "v1", "ConfigMap", ns, live_cm)
+                before = json.loads(((old_cm or {}).get("data") or {}).get(tilecache.VERSIONS_FILE) or "{}")
+            await self.call(self.kube.apply, cm)
+            _, deploy = await self.call(
+                self.kube.apply, tilecache.build_tiles_deployment(owner, tc, cm_name, digest), live
+            )
+            await self.call(self.kube.apply, tilecache.build_tiles_service(owner))
+            if live_cm != cm_name:
+                await self.call(
+                    self.kube.event,
+                    ref,
+                    "Normal",
+                    "TileCacheUpdated",
+                    f"tile cache configuration {digest[:10]} with {len(tilesets)} tilesets",
+                )
+                await self._cache_jobs(owner, tc, before, versions, first=live is None)
+        await self._prune_configmaps(ns, name, keep=cm_name or "", component="tilecache-config")
+        base = self.settings.tiles_url_template.format(name=name, namespace=ns)
+        return {
+            **tilecache.tile_urls(base, tc),
+            "configMap": cm_name,
+            "tilesets": len(tilesets),
+            "readyReplicas": ((deploy or {}).get("status") or {}).get("readyReplicas", 0),
+        }
+
+    async def _cache_jobs(self, owner: builders.Owner, tc, before: dict, after: dict, first: bool) -> None:
+        """Purge tiles of changed and removed datasets; seed new and changed ones (seed policy)."""
+        if not tc.storage.persistent_volume_claim:  # pod-local caches start empty with the new config
+            return
+        changes = tilecache.diff_versions(before, after)
+        stale = changes.changed + changes.removed
+        for chunk in _chunks(stale, 1000):
+            params = {"service": owner.name, "datasets": chunk, "keepCurrent": True}
+            job = tilecache.auto_job_name(owner.name, "purge", [params, [after.get(d) for d in chunk]])
+            await self.call(
+                self.kube.apply, tilecache.build_auto_mapjob(owner, job, "cache-purge", params, tc.image)
+            )
+        if tc.seed:
+            fresh = sorted(changes.new + changes.changed)
+            for chunk in _chunks(fresh, 1000):
+                params = {
+                    "service": owner.name,
+                    "datasets": chunk,
+                    "grid": str(tc.seed.grid),
+                    "minZoom": tc.seed.min_zoom,
+                    "maxZoom": tc.seed.max_zoom,
+                    "threads": tc.seed.threads,
+                }
+                if tc.seed.extent:
+                    params["extent"] = tc.seed.extent
+                job = tilecache.auto_job_name(owner.name, "seed", [params, [after[d] for d in chunk]])
+                await self.call(
+                    self.kube.apply, tilecache.build_auto_mapjob(owner, job, "cache-seed", params, tc.image)
+                )
 
     async def _report_failure(self, body: dict, error: ApiError) -> None:
         meta = body["metadata"]
@@ -473,10 +599,11 @@ class Operator:
             )
             await self.call(self.kube.event, _ref(body, "MapService"), "Warning", "ApplyFailed", message)
 
-    async def _prune_configmaps(self, ns: str, name: str, keep: str) -> None:
-        """Delete mapfile ConfigMaps no pod can need any more: not the current one, and not one a
-        ReplicaSet with pods still mounts (a stuck rollout keeps the old pods serving)."""
-        selector = ",".join(f"{k}={v}" for k, v in labels(name, "mapfile").items())
+    async def _prune_configmaps(self, ns: str, name: str, keep: str, component: str = "mapfile") -> None:
+        """Delete mapfile (or tile cache) ConfigMaps no pod can need any more: not the current one,
+        and not one a ReplicaSet with pods still mounts (a stuck rollout keeps old pods serving)."""
+        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component={component}"
+        selector += ",app.kubernetes.io/managed-by=kube-mapserver-operator"
         stale = [
             cm["metadata"]["name"]
             for cm in await self.call(self.kube.list, "v1", "ConfigMap", ns, selector)
@@ -485,7 +612,7 @@ class Operator:
         if not stale:
             return
         in_use = set()
-        rs_selector = ",".join(f"{k}={v}" for k, v in builders.selector(name).items())
+        rs_selector = f"app.kubernetes.io/instance={name}"
         for rs in await self.call(self.kube.list, "apps/v1", "ReplicaSet", ns, rs_selector):
             if (rs.get("spec") or {}).get("replicas", 0) or (rs.get("status") or {}).get("replicas", 0):
                 for v in rs["spec"]["template"]["spec"].get("volumes") or []:
@@ -516,6 +643,20 @@ class Operator:
         for d in self.datasets_in(ns):
             if name in (d["status"].get("servedBy") or []):
                 self.served_queue.request((ns, d["name"]))
+
+
+def _config_map_of(deployment: dict | None) -> str | None:
+    """The ConfigMap the Deployment's pods mount as `config` (the tile cache's configuration)."""
+    if not deployment:
+        return None
+    for v in deployment["spec"]["template"]["spec"].get("volumes") or []:
+        if v.get("name") == "config" and v.get("configMap"):
+            return v["configMap"]["name"]
+    return None
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _ref(body: Mapping, kind: str) -> dict:

@@ -29,6 +29,19 @@ class Settings:
             "KMS_SERVICE_URL_TEMPLATE", "http://{name}.{namespace}.svc.cluster.local:8080/"
         )
     )
+    # Where clients reach a service's tile cache; local mode points at hack/local_tilecache.py.
+    tiles_url_template: str = field(
+        default_factory=lambda: os.environ.get(
+            "KMS_TILES_URL_TEMPLATE", "http://{name}-tiles.{namespace}.svc.cluster.local:8080/"
+        )
+    )
+    # The MapServer WMS the tile cache renders from (in-cluster; the loopback server in local mode).
+    tiles_source_template: str = field(
+        default_factory=lambda: os.environ.get(
+            "KMS_TILES_SOURCE_TEMPLATE",
+            os.environ.get("KMS_SERVICE_URL_TEMPLATE", "http://{name}.{namespace}.svc.cluster.local:8080/"),
+        )
+    )
     # Concurrent API connections of Kopf: its ~10 watch streams plus requests in flight.
     connection_limit: int = field(default_factory=lambda: int(os.environ.get("KMS_CONNECTION_LIMIT", "96")))
     # Lease that keeps a second operator on standby (0 disables it, e.g. one operator per namespace)

@@ -1,0 +1,125 @@
+"""cache-seed / cache-purge MapJobs: the user's parameters -> the runner's (the MapCache
+configuration of the datasets to seed, the versions to keep), and their results -> dataset status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from kms_crds.mapdataset import MapDatasetSpec
+from kms_crds.mapjob import MapJobSpec
+from kms_crds.mapservice import MapServiceSpec, TileCache
+
+from .conditions import get_condition
+from .mapfile import layer_name
+from .tilecache import Tileset, build_mapcache_xml, dataset_version
+
+
+class CacheJobError(Exception):
+    """The cache job cannot run (no such service, no cache, no shared cache volume, ...)."""
+
+
+@dataclass(frozen=True)
+class CacheJob:
+    params: dict  # the runner's --params-json
+    claim: str  # PVC of the cache, mounted at /var/cache/mapcache
+    versions: dict[str, str | None]  # dataset -> cache version the job works on
+
+
+def _ready(d: dict) -> bool:
+    ready = get_condition(d["status"], "Ready")
+    return bool(
+        ready and ready.get("status") == "True" and ready.get("observedGeneration") == d["generation"]
+    )
+
+
+def served_snapshots(op, ns: str, service: dict) -> dict[str, dict]:
+    """Ready datasets the service selects (what its cache holds), by name."""
+    from .reconcile import selector_of
+
+    sel = selector_of(service)
+    return {
+        d["name"]: d
+        for d in op.datasets_in(ns)
+        if not d["deleting"] and sel.matches(d["labels"]) and _ready(d)
+    }
+
+
+def tileset_of(d: dict) -> Tileset:
+    spec = MapDatasetSpec.model_validate(d["spec"])
+    bbox = d["status"].get("wgs84Bbox")
+    return Tileset(
+        name=d["name"],
+        layer=layer_name(spec.identifier),
+        version=dataset_version(d["spec"], d["status"]),
+        title=spec.title or d["name"],
+        wgs84_bbox=tuple(bbox) if bbox else None,
+    )
+
+
+def _service_cache(op, ns: str, name: str) -> tuple[dict, TileCache]:
+    svc = next((s for s in op.services_in(ns) if s["name"] == name and not s["deleting"]), None)
+    if svc is None:
+        raise CacheJobError(f"MapService {name!r} not found in namespace {ns}")
+    try:
+        tc = MapServiceSpec.model_validate(svc["spec"]).tile_cache
+    except ValidationError as e:
+        raise CacheJobError(f"MapService {name!r} has an invalid spec: {e}") from e
+    if tc is None or not tc.enabled:
+        raise CacheJobError(f"MapService {name!r} has no tile cache (spec.tileCache)")
+    if not tc.storage.persistent_volume_claim:
+        raise CacheJobError(
+            f"the tile cache of MapService {name!r} has no persistentVolumeClaim: "
+            "seeding and purging need the cache on a shared volume"
+        )
+    return svc, tc
+
+
+def resolve_cache_job(op, ns: str, spec: MapJobSpec, source_url: str) -> CacheJob:
+    p = spec.params
+    svc, tc = _service_cache(op, ns, p.service)
+    served = served_snapshots(op, ns, svc)
+    if spec.type == "cache-purge":
+        names = p.datasets or sorted(served)
+        versions = {
+            n: (
+                dataset_version(served[n]["spec"], served[n]["status"])
+                if p.keep_current and n in served
+                else None
+            )
+            for n in names
+        }
+        return CacheJob(
+            {"service": p.service, "datasets": versions}, tc.storage.persistent_volume_claim, versions
+        )
+    if p.grid not in [str(g) for g in tc.grids]:
+        raise CacheJobError(f"grid {p.grid} is not offered by the tile cache of {p.service!r} ({tc.grids})")
+    names = p.datasets or sorted(served)
+    missing = [n for n in names if n not in served]
+    if missing:
+        raise CacheJobError(f"not served (ready) by MapService {p.service!r}: {', '.join(missing[:10])}")
+    if not names:
+        raise CacheJobError(f"MapService {p.service!r} serves no dataset to seed")
+    tilesets = [tileset_of(served[n]) for n in names]
+    extent = p.extent
+    if extent is None:
+        boxes = [t.wgs84_bbox for t in tilesets if t.wgs84_bbox]
+        if boxes:
+            extent = [
+                min(b[0] for b in boxes),
+                min(b[1] for b in boxes),
+                max(b[2] for b in boxes),
+                max(b[3] for b in boxes),
+            ]
+    params = {
+        "service": p.service,
+        "configXml": build_mapcache_xml(p.service, tc, tilesets, source_url),
+        "tilesets": names,
+        "grid": p.grid,
+        "minZoom": p.min_zoom,
+        "maxZoom": p.max_zoom,
+        "extent": extent,
+        "threads": p.threads,
+    }
+    return CacheJob(params, tc.storage.persistent_volume_claim, {t.name: t.version for t in tilesets})

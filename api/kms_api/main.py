@@ -16,7 +16,7 @@ from .crclient import CRClient
 from .deps import Context
 from .kube import Kube, KubeError
 from .models import ErrorBody
-from .routers import auth, config, datasets, health, jobs, rendering
+from .routers import auth, cache, config, datasets, health, jobs, rendering
 from .settings import Settings
 from .tombstones import Tombstones
 
@@ -71,6 +71,14 @@ def create_app(settings: Settings | None = None, kube: Kube | None = None) -> Fa
     app.state.ctx = ctx
     errors.install(app)
     observability.install(app)
-    for r in (auth.router, config.router, health.router, datasets.router, rendering.router, jobs.router):
+    for r in (
+        auth.router,
+        config.router,
+        health.router,
+        datasets.router,
+        rendering.router,
+        cache.router,
+        jobs.router,
+    ):
         app.include_router(r)
     return app

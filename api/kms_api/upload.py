@@ -68,6 +68,7 @@ class Received:
     tmp_path: Path
     size: int
     fields: dict[str, str] = field(default_factory=dict)
+    content_type: str = ""  # as the client declared it for the file part
 
     def discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -84,6 +85,7 @@ class _State:
         self.buf = bytearray()
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
+        self.content_type = ""
         self.tmp: Path | None = None
         self.fh = None
         self.size = 0
@@ -112,6 +114,7 @@ class _State:
             if self.fh is not None or self.file_done:
                 raise Problem(422, "send exactly one file", "file")
             self.filename = check_filename(raw_filename.decode("utf-8", "replace"))
+            self.content_type = self.headers.get("content-type", "")
             self.tmp = self.directory / f".upload-{uuid.uuid4().hex}.part"
             self.fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in part_end or discard
             self.is_file = True
@@ -205,7 +208,7 @@ async def receive(request: Request, directory: Path, limit: int) -> Received:
     if st.fh is not None or not st.file_done or st.filename is None or st.tmp is None:
         st.cleanup()
         raise Problem(422, "the body has no complete 'file' part", "file")
-    return Received(st.filename, st.tmp, st.size, st.fields)
+    return Received(st.filename, st.tmp, st.size, st.fields, st.content_type)
 
 
 def place(received: Received, target: Path) -> None:

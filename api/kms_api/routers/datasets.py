@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from .. import catalog, registry, upload, views
+from .. import catalog, registry, sniff, upload, views
 from ..deps import Context, Ctx, EditorUser, ViewerUser
 from ..errors import Problem
 from ..jobs_service import create_job_spec
@@ -118,7 +118,11 @@ UPLOAD_BODY = {
     "/upload",
     response_model=DatasetDetail,
     status_code=201,
-    responses={**CONFLICT, 413: {"model": ErrorBody, "description": "The file exceeds maxUploadMb."}},
+    responses={
+        **CONFLICT,
+        413: {"model": ErrorBody, "description": "The file exceeds maxUploadMb."},
+        415: {"model": ErrorBody, "description": "The content (or declared type) is not what the name says."},
+    },
     openapi_extra=UPLOAD_BODY,
     summary="Upload a file into the data volume and register it",
 )
@@ -149,6 +153,10 @@ async def upload_dataset(request: Request, _: EditorUser, ctx: Ctx) -> dict:
         if ctx.cr.datasets.get(req.id) is not None:
             raise Problem(409, f"dataset {req.id!r} already exists", "id")
         _, target = registry.upload_path(ctx.settings, got.filename)
+        if target.exists():
+            raise Problem(409, f"a file named {got.filename!r} was already uploaded", "file")
+        ext = os.path.splitext(got.filename)[1].lower()
+        await run_in_threadpool(sniff.check, got.tmp_path, ext, got.content_type)
         upload.place(got, target)
     except BaseException:
         got.discard()

@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_ROOT = REPO / ".kms" / "data"
 PY = str(REPO / ".venv" / "bin" / "python")
 MAPSERVER_PORT = 8088
+TILES_PORT = 8089
 FACADE_PORT = 8000
 ADMIN_PASSWORD_FILE = REPO / ".kms" / "admin-password"
 
@@ -41,6 +42,17 @@ def product_processes(kubeconfig: Path) -> list[tuple[str, list[str]]]:
                 str(kubeconfig),
                 "--port",
                 str(MAPSERVER_PORT),
+            ],
+        ),
+        (
+            "local-tilecache",
+            [
+                PY,
+                str(REPO / "hack" / "local_tilecache.py"),
+                "--kubeconfig",
+                str(kubeconfig),
+                "--port",
+                str(TILES_PORT),
             ],
         ),
     ]
@@ -128,6 +140,7 @@ def main() -> int:
         "KMS_METRICS_PORT": "9090",
         "KMS_METRICS_ADDR": "127.0.0.1",
         "KMS_SERVICE_URL_TEMPLATE": f"http://127.0.0.1:{MAPSERVER_PORT}/{{namespace}}/{{name}}/",
+        "KMS_TILES_URL_TEMPLATE": f"http://127.0.0.1:{TILES_PORT}/{{namespace}}/{{name}}/",
         "KMS_NAMESPACE": "default",
         "KMS_DATA_PVC": "map-data",
         "KMS_OPERATOR_HEALTH_URL": "http://127.0.0.1:8081/healthz",

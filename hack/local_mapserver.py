@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -146,13 +149,36 @@ def dispatch(m: mapscript.mapObj, lock: threading.Lock, query: str) -> tuple[int
     return status, headers, body
 
 
-def make_handler(maps: Maps):
+def make_handler(maps: Maps, stats_dir: str):
+    """Routes /<namespace>/<service>/?<OGC request>; /_stats counts GetMap requests per service over
+    all workers (tests use it to tell cached tiles from rendered ones)."""
+    getmaps: dict[str, int] = {}
+    count_lock = threading.Lock()
+    mine = os.path.join(stats_dir, f"{os.getpid()}.json")
+
+    def totals() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name in os.listdir(stats_dir):
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(stats_dir, name)) as f:
+                for key, n in json.load(f).items():
+                    out[key] = out.get(key, 0) + n
+        return out
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "kube-mapserver-local/1"
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             segments = [s for s in parts.path.split("/") if s]
+            if segments == ["_stats"]:
+                return self.reply(200, "application/json", json.dumps({"getmap": totals()}).encode())
+            if "request=getmap" in parts.query.lower():
+                with count_lock:
+                    key = "/".join(segments)
+                    getmaps[key] = getmaps.get(key, 0) + 1
+                    with open(mine + ".tmp", "w") as f:
+                        json.dump(getmaps, f)
+                    os.replace(mine + ".tmp", mine)
             if len(segments) != 2:
                 return self.reply(404, "text/plain", b"use /<namespace>/<service>/?SERVICE=...\n")
             entry = maps.get(*segments)
@@ -227,13 +253,14 @@ def main() -> int:
         datefmt="%H:%M:%S",
     )
     server = ThreadingHTTPServer(("127.0.0.1", a.port), None)  # bound once, shared by the workers
+    stats_dir = tempfile.mkdtemp(prefix="kms-mapserver-stats-")
     children = []
     for _ in range(max(1, a.workers)):
         pid = os.fork()
         if pid == 0:  # worker: its own API client, watch thread and loaded maps
             maps = Maps(config.new_client_from_config(config_file=a.kubeconfig), f"http://127.0.0.1:{a.port}")
             threading.Thread(target=watch_configmaps, args=(maps,), daemon=True).start()
-            server.RequestHandlerClass = make_handler(maps)
+            server.RequestHandlerClass = make_handler(maps, stats_dir)
             server.serve_forever()
             os._exit(0)
         children.append(pid)
@@ -247,6 +274,7 @@ def main() -> int:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        shutil.rmtree(stats_dir, ignore_errors=True)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)

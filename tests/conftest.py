@@ -196,7 +196,12 @@ class OperatorProcess:
 
 @pytest.fixture(scope="session")
 def operator_process(
-    cluster: Cluster, crds, data_root: Path, tmp_path_factory, local_mapserver_port: int
+    cluster: Cluster,
+    crds,
+    data_root: Path,
+    tmp_path_factory,
+    local_mapserver_port: int,
+    local_tilecache_port: int,
 ) -> Iterator[OperatorProcess]:
     """One operator for the session, watching all namespaces. Its watches are closed by the
     apiserver every few seconds on purpose, so every test also exercises the reconnect."""
@@ -208,6 +213,7 @@ def operator_process(
         KMS_DEBOUNCE_SECONDS="0.2",
         KMS_LEASE_SECONDS="4",
         KMS_SERVICE_URL_TEMPLATE=f"http://127.0.0.1:{local_mapserver_port}/{{namespace}}/{{name}}/",
+        KMS_TILES_URL_TEMPLATE=f"http://127.0.0.1:{local_tilecache_port}/{{namespace}}/{{name}}/",
     )
     proc.start()
     try:
@@ -266,6 +272,47 @@ def local_mapserver(cluster: Cluster, local_mapserver_port: int, tmp_path_factor
 
     try:
         wait_until(up, "local mapserver listening", timeout=30)
+        yield base
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def local_tilecache_port() -> int:
+    """The loopback port of hack/local_tilecache.py (the tile URLs the operator writes into status)."""
+    return cluster_mod.free_port()
+
+
+@pytest.fixture(scope="session")
+def local_tilecache(cluster: Cluster, local_tilecache_port: int, tmp_path_factory) -> Iterator[str]:
+    """hack/local_tilecache.py: real MapCache for every MapService tile cache, on loopback."""
+    import urllib.error
+    import urllib.request
+
+    tmp = tmp_path_factory.mktemp("tilecache")
+    proc = _hack_process(
+        tmp / "local-tilecache.log",
+        "local_tilecache.py",
+        "--kubeconfig",
+        str(cluster.kubeconfig),
+        "--port",
+        str(local_tilecache_port),
+        "--state-dir",
+        str(tmp / "state"),
+    )
+    base = f"http://127.0.0.1:{local_tilecache_port}"
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(base + "/", timeout=2)
+        except urllib.error.HTTPError:
+            return True  # 404 for "/" means it answers
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_until(up, "local tile cache listening", timeout=30)
         yield base
     finally:
         _stop(proc)

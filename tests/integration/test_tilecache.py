@@ -1,0 +1,248 @@
+"""The tile cache for real: the operator's MapCache configuration served by real MapCache
+(hack/local_tilecache.py) in front of real MapServer (hack/local_mapserver.py), seeding and
+purging as MapJobs run by the real job runner (mapcache_seed), driven through the facade."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.helpers import create_cr, get_cr, make_data_volume, patch_cr, wait_until
+
+API = "maps.kube-mapserver.io/v1alpha1"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    cluster,
+    facade_factory,
+    operator_process,
+    local_runner,
+    local_mapserver,
+    local_tilecache,
+    tmp_path_factory,
+):
+    fac = facade_factory(
+        KMS_OPERATOR_HEALTH_URL=f"http://127.0.0.1:{operator_process.liveness_port}/healthz",
+        KMS_WATCH_TIMEOUT="5",
+    )
+    ns = fac.namespace
+    cache_root = tmp_path_factory.mktemp("tile-cache")
+    make_data_volume(cluster.api, ns, cache_root, name="tile-cache")
+    create_cr(cluster.api, ns, _dataset("sst"))
+    create_cr(
+        cluster.api,
+        ns,
+        {
+            "apiVersion": API,
+            "kind": "MapService",
+            "metadata": {"name": "tiles"},
+            "spec": {
+                "datasetSelector": {"matchLabels": {"tiles": "yes"}},
+                "data": {"persistentVolumeClaim": "map-data"},
+                "tileCache": {"storage": {"persistentVolumeClaim": "tile-cache"}},
+            },
+        },
+    )
+    wait_until(lambda: _tc(cluster, ns, "sst").get("xyz"), "dataset tile URLs in status", 90)
+    with fac.client("editor") as editor:
+        yield {
+            "cluster": cluster,
+            "ns": ns,
+            "facade": fac,
+            "editor": editor,
+            "cache_root": cache_root,
+            "mapserver": local_mapserver,
+        }
+
+
+def _dataset(name: str, ramp: str = "viridis") -> dict:
+    return {
+        "apiVersion": API,
+        "kind": "MapDataset",
+        "metadata": {"name": name, "labels": {"tiles": "yes"}},
+        "spec": {
+            "type": "raster",
+            "source": {"path": "ocean/sst-sample.tif"},
+            "identifier": name,
+            "title": name.upper(),
+            "style": {"colorRamp": ramp, "range": {"min": 0, "max": 30}},
+        },
+    }
+
+
+def _tc(cluster, ns: str, name: str) -> dict:
+    return (get_cr(cluster.api, ns, "MapDataset", name) or {}).get("status", {}).get("tileCache") or {}
+
+
+def _renders(s) -> int:
+    stats = httpx.get(f"{s['mapserver']}/_stats", timeout=10).json()["getmap"]
+    return stats.get(f"{s['ns']}/tiles", 0)
+
+
+def _tile(url: str, timeout: float = 60) -> bytes:
+    def fetch():
+        r = httpx.get(url, timeout=30)
+        return r.content if r.status_code == 200 and r.headers["content-type"] == "image/png" else None
+
+    return wait_until(fetch, f"tile {url}", timeout)
+
+
+def _xyz(s, name: str, z: int, x: int, y: int) -> str:
+    return _tc(s["cluster"], s["ns"], name)["xyz"].format(z=z, x=x, y=y)
+
+
+def _run_job(s, response: httpx.Response) -> dict:
+    assert response.status_code == 202, response.text
+    job = response.json()["id"]
+
+    def done():
+        j = s["editor"].get(f"/jobs/{job}").json()
+        return j if j["state"] != "in-progress" else None
+
+    result = wait_until(done, f"job {job} finished", 120)
+    assert result["state"] == "success", result
+    return result
+
+
+def _version_dir(s, name: str):
+    version = _tc(s["cluster"], s["ns"], name)["version"]
+    return s["cache_root"] / "tiles" / name / version
+
+
+def test_tiles_are_rendered_once_then_served_from_the_cache(stack):
+    s = stack
+    status = get_cr(s["cluster"].api, s["ns"], "MapService", "tiles")["status"]["tileCache"]
+    assert status["tilesets"] == 1 and status["configMap"].startswith("tiles-tiles-")
+    url = _xyz(s, "sst", 2, 1, 1)
+    first = _tile(url)
+    rendered = _renders(s)
+    for _ in range(5):
+        assert httpx.get(url, timeout=30).content == first
+    assert _renders(s) == rendered, "a cached tile must not be rendered again"
+    assert (_version_dir(s, "sst") / "sst" / "GoogleMapsCompatible").is_dir()
+    # the other routes of the same cache: TMS (y from the bottom) and WMTS capabilities
+    tms = status["tms"].format(dataset="sst", grid="GoogleMapsCompatible", z=2, x=1, y=2)
+    assert httpx.get(tms, timeout=30).content == first
+    caps = httpx.get(status["wmts"], timeout=30)
+    assert caps.status_code == 200 and "<ows:Identifier>sst</ows:Identifier>" in caps.text
+    wgs84 = status["tms"].format(dataset="sst", grid="WGS84", z=0, x=0, y=0)
+    assert httpx.get(wgs84, timeout=30).headers["content-type"] == "image/png"
+
+
+def test_seeded_tile_equals_the_rendered_one_and_purge_removes_tiles(stack):
+    s = stack
+    _run_job(s, s["editor"].delete("/datasets/sst/cache"))
+    assert not _version_dir(s, "sst").exists()
+    assert s["editor"].get("/datasets/sst/cache").json()["state"] == "on-demand"
+
+    seeded_job = _run_job(s, s["editor"].post("/datasets/sst/cache/seed", json={"maxZoom": 2}))
+    state = wait_until(
+        lambda: (st := s["editor"].get("/datasets/sst/cache").json())["state"] == "seeded" and st,
+        "cache state seeded",
+        30,
+    )
+    assert state["levels"] == [0, 1, 2] and state["size"] > 0 and state["seeded"]["job"] == seeded_job["id"]
+    rendered = _renders(s)
+    seeded = _tile(_xyz(s, "sst", 2, 2, 1))
+    assert _renders(s) == rendered, "a seeded tile is served without rendering"
+
+    _run_job(s, s["editor"].delete("/datasets/sst/cache"))
+    assert not _version_dir(s, "sst").exists()
+    on_demand = _tile(_xyz(s, "sst", 2, 2, 1))
+    assert _renders(s) > rendered, "after the purge the tile is rendered again"
+    assert on_demand == seeded, "a seeded tile is byte-identical to the tile rendered on demand"
+    wait_until(
+        lambda: s["editor"].get("/datasets/sst/cache").json()["state"] == "on-demand", "state on-demand", 30
+    )
+
+
+def test_a_changed_style_serves_new_tiles_and_purges_the_old_ones(stack):
+    s = stack
+    old_dir = _version_dir(s, "sst")
+    before = _tile(_xyz(s, "sst", 1, 0, 0))
+    assert old_dir.is_dir()
+    patch_cr(s["cluster"].api, s["ns"], "MapDataset", "sst", {"spec": {"style": {"colorRamp": "magma"}}})
+    wait_until(lambda: _version_dir(s, "sst") != old_dir, "a new cache version", 60)
+
+    def changed():
+        r = httpx.get(_xyz(s, "sst", 1, 0, 0), timeout=30)
+        return r.status_code == 200 and r.content != before
+
+    wait_until(changed, "the tile changes with the style", 90, interval=1)
+    wait_until(
+        lambda: not old_dir.exists(), "the outdated tiles purged by an automatic MapJob", 120, interval=1
+    )
+    jobs = [j for j in s["editor"].get("/jobs").json()["items"] if j["type"] == "cache-purge"]
+    assert any(j["state"] == "success" for j in jobs)
+
+
+def test_seeding_beyond_the_configured_limits_is_refused(stack):
+    s = stack
+    jobs_before = len(s["editor"].get("/jobs").json()["items"])
+    r = s["editor"].post("/datasets/sst/cache/seed", json={"maxZoom": 13})
+    assert (
+        r.status_code == 422 and r.json()["field"] == "maxZoom" and "cacheSeedMaxZoom" in r.json()["detail"]
+    )
+    with s["facade"].client("admin") as admin:
+        assert admin.post("/config", json={"cacheSeedMaxTiles": 20}).status_code == 200
+        try:
+            r = s["editor"].post("/datasets/sst/cache/seed", json={"maxZoom": 3})
+            assert r.status_code == 422 and "cacheSeedMaxTiles=20" in r.json()["detail"], r.text
+            r = s["editor"].post("/datasets/sst/cache/seed", json={"minZoom": 3, "maxZoom": 2})
+            assert r.status_code == 422
+        finally:
+            admin.post("/config/reset")
+    assert s["editor"].post("/datasets/nope/cache/seed", json={"maxZoom": 1}).status_code == 404
+    assert len(s["editor"].get("/jobs").json()["items"]) == jobs_before
+
+
+def test_seed_policy_seeds_new_datasets_and_disabling_removes_the_cache(stack):
+    s = stack
+    cluster, ns = s["cluster"], s["ns"]
+    patch_cr(
+        cluster.api,
+        ns,
+        "MapService",
+        "tiles",
+        {"spec": {"tileCache": {"seed": {"maxZoom": 1}}}},
+    )
+    time.sleep(1)
+    create_cr(cluster.api, ns, _dataset("sst2", "blues"))
+    state = wait_until(
+        lambda: (st := s["editor"].get("/datasets/sst2/cache").json())["state"] == "seeded" and st,
+        "sst2 seeded by the seed policy",
+        150,
+        interval=1,
+    )
+    assert state["levels"] == [0, 1]
+    rendered = _renders(s)
+    _tile(_xyz(s, "sst2", 1, 1, 1))
+    assert _renders(s) == rendered
+
+    patch_cr(cluster.api, ns, "MapService", "tiles", {"spec": {"tileCache": {"enabled": False}}})
+    wait_until(
+        lambda: not (get_cr(cluster.api, ns, "MapService", "tiles")["status"].get("tileCache")),
+        "tile cache gone from status",
+        60,
+    )
+    from kubernetes import client
+
+    apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
+    wait_until(
+        lambda: (
+            not apps.list_namespaced_deployment(ns, label_selector="app.kubernetes.io/name=mapcache").items
+        ),
+        "tile cache Deployment removed",
+        60,
+    )
+    sel = "app.kubernetes.io/component=tilecache-config"
+    wait_until(
+        lambda: not core.list_namespaced_config_map(ns, label_selector=sel).items, "configs pruned", 60
+    )
+    assert not core.list_namespaced_service(ns, label_selector="app.kubernetes.io/name=mapcache").items
+    wait_until(
+        lambda: s["editor"].get("/datasets/sst2/cache").json()["state"] == "disabled", "cache disabled", 60
+    )

@@ -1,0 +1,119 @@
+"""Golden files of the tile cache a MapService produces (MapCache XML, ConfigMap, Deployment,
+Service), and the pure rules around it: versions, diffs, automatic job names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kms_crds.mapservice import MapServiceSpec
+from kms_operator import builders, tilecache
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tilecache"
+OWNER = builders.Owner("ocean", "maps", "0000-uid")
+TILESETS = [
+    tilecache.Tileset(
+        "sst", "kms_sst", "0123456789ab", 'Sea <surface> & "temperature"', (-180, -90, 180, 90)
+    ),
+    tilecache.Tileset("zones", "kms_zones", "ba9876543210", "Zones\nEND INCLUDE '/etc/passwd'", None),
+]
+CASES = {
+    "disk": {"storage": {"persistentVolumeClaim": "tile-cache"}},
+    "sqlite-jpeg": {
+        "grids": ["WGS84"],
+        "format": "jpeg",
+        "storage": {"type": "sqlite"},
+        "metatile": 4,
+        "expires": 60,
+        "replicas": 2,
+        "resources": {"limits": {"cpu": "1500m", "memory": "512Mi"}},
+        "seed": {"maxZoom": 6},
+    },
+}
+
+
+def _check(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.read_text() == text, f"{name} changed; review and run UPDATE_GOLDEN=1 pytest {__file__}"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tile_cache_golden(case):
+    tc = MapServiceSpec.model_validate({"tileCache": CASES[case]}).tile_cache
+    xml = tilecache.build_mapcache_xml("ocean", tc, TILESETS, "http://ocean.maps.svc.cluster.local:8080/")
+    _check(f"{case}.xml", xml)
+    digest = tilecache.config_digest(xml)
+    cm = tilecache.build_tiles_configmap(OWNER, xml, {t.name: t.version for t in TILESETS}, digest)
+    children = {
+        "configmap": {**cm, "data": {k: v for k, v in cm["data"].items() if k != tilecache.CONFIG_FILE}},
+        "deployment": tilecache.build_tiles_deployment(OWNER, tc, cm["metadata"]["name"], digest),
+        "service": tilecache.build_tiles_service(OWNER),
+    }
+    _check(f"{case}.yaml", yaml.safe_dump(children, sort_keys=True, width=120))
+
+
+def test_titles_cannot_inject_configuration():
+    tc = MapServiceSpec.model_validate({"tileCache": {}}).tile_cache
+    root = ET.fromstring(tilecache.build_mapcache_xml("ocean", tc, TILESETS, "http://x/").encode())
+    titles = [t.text for t in root.iter("title")]
+    assert titles == [TILESETS[0].title, TILESETS[1].title]
+    assert [c.get("name") for c in root.findall("cache")] == ["cache-sst", "cache-zones"]
+    assert len(root.findall("tileset")) == 2
+
+
+def test_generated_configuration_is_accepted_by_mapcache(tmp_path):
+    """mapcache_seed parses the configuration (and refuses an unknown tileset with a clear error)."""
+    tc = MapServiceSpec.model_validate({"tileCache": {"storage": {"type": "sqlite"}}}).tile_cache
+    xml = tilecache.build_mapcache_xml("ocean", tc, TILESETS, "http://127.0.0.1:9/")
+    conf = tmp_path / "mapcache.xml"
+    conf.write_text(xml.replace(tilecache.CACHE_ROOT, str(tmp_path)))
+    r = subprocess.run(
+        ["mapcache_seed", "-c", str(conf), "-t", "nope", "-z", "0,0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "tileset not found in configuration" in r.stdout + r.stderr  # parsed; only the name is wrong
+    conf.write_text(xml.replace("<mapcache>", "<mapcache><broken>"))
+    r = subprocess.run(
+        ["mapcache_seed", "-c", str(conf), "-t", "sst"], capture_output=True, text=True, timeout=30
+    )
+    assert "tileset not found" not in r.stdout + r.stderr and r.returncode != 0
+
+
+def test_every_cache_container_runs_as_non_root_with_a_read_only_root():
+    tc = MapServiceSpec.model_validate({"tileCache": {}}).tile_cache
+    pod = tilecache.build_tiles_deployment(OWNER, tc, "cm", "h")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsUser"] != 0
+
+
+def test_versions_follow_what_changes_the_tiles():
+    spec = {"type": "raster", "source": {"path": "a.tif"}, "style": {"colorRamp": "viridis"}}
+    status = {"extent": [0, 0, 1, 1], "checksum": "abc", "servedBy": ["x"], "url": "u"}
+    v = tilecache.dataset_version(spec, status)
+    assert v == tilecache.dataset_version(dict(spec), {**status, "servedBy": ["y"], "url": "other"})
+    assert v != tilecache.dataset_version({**spec, "style": {"colorRamp": "magma"}}, status)
+    assert v != tilecache.dataset_version(spec, {**status, "checksum": "def"})
+    changes = tilecache.diff_versions({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9", "d": "4"})
+    assert (changes.new, changes.changed, changes.removed) == (["d"], ["b"], ["c"])
+    name = tilecache.auto_job_name("x" * 63, "purge", {"b": 1})
+    assert len(name) <= 63 and name == tilecache.auto_job_name("x" * 63, "purge", {"b": 1})
+
+
+def test_seed_policy_and_zoom_ranges_are_validated():
+    with pytest.raises(ValueError, match="minZoom"):
+        MapServiceSpec.model_validate({"tileCache": {"seed": {"minZoom": 5, "maxZoom": 2}}})
+    with pytest.raises(ValueError, match="extent"):
+        MapServiceSpec.model_validate({"tileCache": {"seed": {"maxZoom": 2, "extent": [10, 0, 5, 1]}}})

@@ -42,7 +42,7 @@ LABEL org.opencontainers.image.title="kube-mapserver" \
       org.opencontainers.image.version="${VERSION}"
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates mapcache-cgi mapcache-tools \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && groupadd --gid 10001 kms \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kms

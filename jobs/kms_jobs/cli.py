@@ -16,13 +16,15 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import cog_convert, hyspex, merge_terrain, metadata, nc_to_geotiff, rehash
+from . import cog_convert, hyspex, merge_terrain, metadata, nc_to_geotiff, rehash, tilecache
 from .paths import DEFAULT_DATA_ROOT, DataRoot
 from .result import JobError, Logger, report
+from .tilecache import DEFAULT_CACHE_ROOT, CacheRoot
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
-Runner = Callable[[Any, DataRoot, Logger], dict[str, Any]]
+# (params, root, log) -> result; root is a DataRoot, or a CacheRoot for the CACHE_JOBS
+Runner = Callable[[Any, Any, Logger], dict[str, Any]]
 
 # job type -> (params model, runner)
 JOBS: dict[str, tuple[type[BaseModel], Runner]] = {
@@ -33,7 +35,10 @@ JOBS: dict[str, tuple[type[BaseModel], Runner]] = {
     "repair-metadata": (metadata.Params, metadata.run),
     "inspect": (metadata.Params, metadata.run),
     "hyspex-variants": (hyspex.HyspexParams, hyspex.run),
+    "cache-seed": (tilecache.SeedParams, tilecache.seed),
+    "cache-purge": (tilecache.PurgeParams, tilecache.purge),
 }
+CACHE_JOBS = {"cache-seed", "cache-purge"}  # they work on the tile cache volume, not the data root
 
 
 def parser() -> argparse.ArgumentParser:
@@ -47,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
         "--data-root",
         default=os.environ.get("KMS_DATA_ROOT", DEFAULT_DATA_ROOT),
         help="directory every path is relative to (default: $KMS_DATA_ROOT or %(default)s)",
+    )
+    p.add_argument(
+        "--cache-root",
+        default=os.environ.get("KMS_CACHE_ROOT", DEFAULT_CACHE_ROOT),
+        help="MapCache tile cache volume for cache-* jobs; /var/cache/mapcache in their configXml is "
+        "rewritten to it (default: $KMS_CACHE_ROOT or %(default)s)",
     )
     p.add_argument(
         "--termination-log",
@@ -106,10 +117,12 @@ def _gdal_setup(log: Logger) -> Callable[[], None]:
     return gdal.PopErrorHandler
 
 
-def run(job_type: str, params_json: str, data_root: str, log: Logger) -> dict[str, Any]:
+def run(
+    job_type: str, params_json: str, data_root: str, log: Logger, cache_root: str = DEFAULT_CACHE_ROOT
+) -> dict[str, Any]:
     """Validate, run the job and return its result (without "type"); JobError for bad input."""
     params = parse_params(job_type, params_json)
-    root = DataRoot(data_root)
+    root = CacheRoot(cache_root) if job_type in CACHE_JOBS else DataRoot(data_root)
     _, runner = JOBS[job_type]
     return runner(params, root, log)
 
@@ -123,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     termination_log = Path(args.termination_log)
     undo = _gdal_setup(log)
     try:
-        log.info("job started", type=args.type, dataRoot=args.data_root)
-        result = run(args.type, args.params_json, args.data_root, log)
+        if args.type in CACHE_JOBS:
+            log.info("job started", type=args.type, cacheRoot=args.cache_root)
+        else:
+            log.info("job started", type=args.type, dataRoot=args.data_root)
+        result = run(args.type, args.params_json, args.data_root, log, args.cache_root)
     except JobError as e:
         return _fail(args.type, str(e), 2, termination_log, log)
     except Exception as e:

@@ -1,0 +1,1 @@
+"""kube-mapserver tile cache: MapCache FastCGI workers behind a small HTTP server (`kube-mapserver-tiles`)."""

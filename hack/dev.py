@@ -80,8 +80,34 @@ def ensure_admin(env: dict) -> str:
     raise RuntimeError(f"could not create the facade's admin user: {r.stderr.strip()[-500:]}")
 
 
+def _host_volume(owner: str, claim: str, path: Path) -> str:
+    """A hostPath PV bound to PVC `claim` in `default` (pods of the local plane never really run:
+    the local servers and job runner map the PVC to `path`)."""
+    return f"""
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: {owner}-{claim}}}
+spec:
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  hostPath: {{path: {path}}}
+  claimRef: {{namespace: default, name: {claim}}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {claim}, namespace: default}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: manual
+  volumeName: {owner}-{claim}
+  resources: {{requests: {{storage: 1Gi}}}}
+"""
+
+
 def install(kubeconfig: Path, data_root: Path = DATA_ROOT, owner: str = "kms-dev") -> None:
-    """CRDs, the sample data and a hostPath data volume `map-data` in `default` for the examples."""
+    """CRDs, the sample data and hostPath volumes `map-data` (the data) and `tile-cache` (next to
+    it) in `default` for the examples."""
     kubectl = [str(cluster.binaries()["kubectl"]), f"--kubeconfig={kubeconfig}"]
     subprocess.run(
         [*kubectl, "apply", "--server-side", "-f", str(REPO / "crds")], check=True, stdout=subprocess.DEVNULL
@@ -92,26 +118,10 @@ def install(kubeconfig: Path, data_root: Path = DATA_ROOT, owner: str = "kms-dev
     subprocess.run(
         [PY, str(REPO / "hack" / "sample_data.py"), str(data_root)], check=True, stdout=subprocess.DEVNULL
     )
-    pv = f"""
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: {owner}-map-data}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  hostPath: {{path: {data_root}}}
-  claimRef: {{namespace: default, name: map-data}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: map-data, namespace: default}}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: manual
-  volumeName: {owner}-map-data
-  resources: {{requests: {{storage: 1Gi}}}}
-"""
+    tile_cache = data_root.parent / "tile-cache"
+    tile_cache.mkdir(parents=True, exist_ok=True)
+    volumes = (("map-data", data_root), ("tile-cache", tile_cache))
+    pv = "---".join(_host_volume(owner, claim, path) for claim, path in volumes)
     subprocess.run(
         [*kubectl, "apply", "--server-side", f"--field-manager={owner}", "-f", "-"],
         input=pv,

@@ -26,6 +26,7 @@ from kubernetes import client, config, watch
 RUNNER = "maps.kube-mapserver.io/runner"
 EXIT = "maps.kube-mapserver.io/local-exit-code"
 MESSAGE = "maps.kube-mapserver.io/local-termination-message"
+PROGRESS = "maps.kube-mapserver.io/progress"
 log = logging.getLogger("local-runner")
 
 
@@ -76,18 +77,43 @@ def local_argv(core: client.CoreV1Api, pod, scratch: Path) -> tuple[list[str], P
     return argv, term_local, env
 
 
+def run_streaming(core: client.CoreV1Api, pod, argv: list[str], env: dict) -> tuple[int, str, str]:
+    """Run the container command; its progress lines (JSON with "progress", on stderr) go into the
+    pod's PROGRESS annotation at most every 2 s: the log stream a real kubelet would serve."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
+    reader.start()
+    err: list[str] = []
+    last = 0.0
+    deadline = time.monotonic() + 3600
+    for line in proc.stderr:
+        err.append(line)
+        if '"progress"' in line and time.monotonic() - last >= 2.0:
+            last = time.monotonic()
+            body = {"metadata": {"annotations": {PROGRESS: line.strip()[:1000]}}}
+            try:
+                core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body)
+            except client.ApiException as e:
+                log.warning("progress of %s: %s", pod.metadata.name, e.reason)
+        if time.monotonic() > deadline:
+            proc.kill()
+    code = proc.wait()
+    reader.join(timeout=10)
+    return code, "".join(out), "".join(err)
+
+
 def run_pod(core: client.CoreV1Api, pod) -> None:
     name, ns = pod.metadata.name, pod.metadata.namespace
     with tempfile.TemporaryDirectory(prefix="kms-job-") as tmp:
         try:
             argv, term, env = local_argv(core, pod, Path(tmp))
             log.info("running pod %s/%s: %s", ns, name, " ".join(argv[:3]))
-            proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3600)
-            code = proc.returncode
+            code, stdout, stderr = run_streaming(core, pod, argv, env)
             message = term.read_text() if term.exists() else ""
             if not message and code != 0:  # terminationMessagePolicy FallbackToLogsOnError
-                message = (proc.stderr or proc.stdout)[-3000:]
-            sys.stderr.write(proc.stderr[-4000:])
+                message = (stderr or stdout)[-3000:]
+            sys.stderr.write(stderr[-4000:])
         except Exception as e:  # the pod fails with the reason, the runner keeps going
             code, message = 127, f"local runner: {type(e).__name__}: {e}"
     body = {"metadata": {"annotations": {EXIT: str(code), MESSAGE: message[:4096]}}}

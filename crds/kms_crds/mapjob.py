@@ -146,8 +146,8 @@ class CacheSeed(KModel):
     grid: str = Field(
         "GoogleMapsCompatible", pattern=r"^(GoogleMapsCompatible|WGS84)$", description="Grid to seed."
     )
-    min_zoom: int = Field(0, ge=0, le=24, description="First zoom level.")
-    max_zoom: int = Field(ge=0, le=24, description="Last zoom level.")
+    min_zoom: int = Field(0, ge=0, le=18, description="First zoom level.")
+    max_zoom: int = Field(ge=0, le=18, description="Last zoom level (at most 18; 17 on the WGS84 grid).")
     extent: list[float] | None = Field(
         None,
         min_length=4,
@@ -307,6 +307,9 @@ class MapJobStatus(KModel):
     completion_time: str | None = Field(None, description="When the job finished.")
     duration: str | None = Field(None, description="Run time, e.g. 42s (start to completion, or to now).")
     attempts: int | None = Field(None, description="Pods started so far.")
+    progress: float | None = Field(
+        None, ge=0, le=1, description="Fraction done while running (from the runner's progress lines)."
+    )
     message: str | None = Field(None, description="Human-readable state.")
     result: dict[str, Any] | None = Field(
         None,

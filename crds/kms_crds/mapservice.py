@@ -177,8 +177,8 @@ class SeedPolicy(KModel):
     """Seed each served dataset's tiles automatically when it appears or changes."""
 
     grid: TileGrid = Field(TileGrid.GoogleMapsCompatible, description="Grid to seed.")
-    min_zoom: int = Field(0, ge=0, le=24, description="First zoom level to seed.")
-    max_zoom: int = Field(ge=0, le=24, description="Last zoom level to seed.")
+    min_zoom: int = Field(0, ge=0, le=18, description="First zoom level to seed.")
+    max_zoom: int = Field(ge=0, le=18, description="Last zoom level to seed (at most 18; 17 on WGS84).")
     extent: list[float] | None = Field(
         None,
         min_length=4,

@@ -170,6 +170,14 @@ async def mapjob_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.I
         raise _retry(e) from e
 
 
+@kopf.timer(GROUP, VERSION, "mapjobs", interval=5, when=lambda status, **_: status.get("phase") == "Running")
+async def mapjob_running(
+    namespace: str, name: str, datasets: kopf.Index, services: kopf.Index, **_: Any
+) -> None:
+    """While a job runs, its progress (runner log lines) is mirrored into status every few seconds."""
+    op(datasets, services).job_queue.request((namespace, name))
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, "app.kubernetes.io/component": "job"})
 async def job_event(
     namespace: str, labels: kopf.Labels, datasets: kopf.Index, services: kopf.Index, **_: Any

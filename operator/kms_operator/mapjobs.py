@@ -16,6 +16,7 @@ from kms_crds.mapjob import MapJobSpec
 
 from .cache_jobs import CacheJobError, resolve_cache_job
 from .conditions import condition, merge_conditions, status_changed
+from .job_progress import describe, read_progress
 from .kube import now_rfc3339
 from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_name
 from .metrics import JOB_PHASES
@@ -200,6 +201,8 @@ class MapJobs:
                 js.get("completionTime") or conds.get("Failed", {}).get("lastTransitionTime") or now_rfc3339()
             )
             new.update(completionTime=end, duration=_duration(js.get("startTime"), end))
+            if "Complete" in conds:
+                new["progress"] = 1.0
             if "Complete" in conds and not result.get("error"):
                 new.update(phase="Succeeded", result=result, message=result.get("message") or "succeeded")
                 try:
@@ -215,6 +218,10 @@ class MapJobs:
                 new.update(phase="Failed", result=result or None, message=(reason or "the job failed")[:1000])
         elif js.get("active"):
             new.update(phase="Running", message=f"running (attempt {attempts})")
+            pods = await op.call(op.kube.list, "v1", "Pod", ns, f"job-name={jname}")
+            progress = await op.call(read_progress, op.kube, ns, pods)
+            if progress:
+                new.update(progress=round(progress["progress"], 3), message=describe(progress))
         else:
             new.update(phase="Queued", message="waiting for a pod")
         await self._write(body, old, new, gen)

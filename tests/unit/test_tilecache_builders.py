@@ -117,3 +117,22 @@ def test_seed_policy_and_zoom_ranges_are_validated():
         MapServiceSpec.model_validate({"tileCache": {"seed": {"minZoom": 5, "maxZoom": 2}}})
     with pytest.raises(ValueError, match="extent"):
         MapServiceSpec.model_validate({"tileCache": {"seed": {"maxZoom": 2, "extent": [10, 0, 5, 1]}}})
+
+
+def test_job_progress_is_read_from_the_last_progress_line():
+    from kms_operator.job_progress import describe, parse_progress
+
+    tail = "\n".join(
+        [
+            '{"ts":1,"level":"info","msg":"seeding","tileset":"sst","zoom":3,"progress":0.25}',
+            "plain text from mapcache_seed",
+            '{"ts":2,"level":"info","msg":"seeding","tileset":"sst","zoom":5,"progress":0.5}',
+            '{"ts":3,"level":"info","msg":"no progress here"}',
+            '{"broken json "progress": 0.9',
+        ]
+    )
+    p = parse_progress(tail)
+    assert p["progress"] == 0.5 and describe(p) == "running: 50% (seeding sst z5)"
+    assert parse_progress("nothing\n{}") is None
+    assert parse_progress('{"progress": 7}')["progress"] == 1.0
+    assert parse_progress('{"progress": true}') is None

@@ -200,6 +200,9 @@ class DatasetTileCache(KModel):
     version: str | None = Field(None, description="Cache version: changes whenever the rendering may change.")
     xyz: str | None = Field(None, description="XYZ tile URL template ({z}/{x}/{y}, web mercator).")
     wmts: str | None = Field(None, description="WMTS GetCapabilities URL.")
+    wms: str | None = Field(
+        None, description="Tiled WMS GetCapabilities URL (layer name: the dataset's name)."
+    )
 
 
 class SeededTiles(KModel):

@@ -249,7 +249,10 @@ class Operator:
                     "version": tilecache.dataset_version(spec, status),
                     "xyz": urls["xyz"].replace("{dataset}", name),
                     "wmts": urls["wmts"],
+                    "wms": urls["wms"],
                 }
+                if i == 0 and tc.wms:  # WMS clients go through the cache
+                    out["url"] = urls["wms"]
                 break
         return out
 

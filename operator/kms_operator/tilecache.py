@@ -134,6 +134,7 @@ def build_mapcache_xml(service: str, tc: TileCache, tilesets: Iterable[Tileset],
     wms = _sub(root, "service", type="wms", enabled="true")
     _sub(wms, "full_wms", "assemble")
     _sub(wms, "resample_mode", "bilinear")
+    _sub(wms, "format", fmt_name, allow_client_override="true")  # assembled maps: the tile format
     for name in ("wmts", "tms", "gmaps"):
         _sub(root, "service", type=name, enabled="true")
     for name in ("kml", "ve", "demo"):

@@ -255,6 +255,32 @@ def test_seed_policy_seeds_new_datasets_and_disabling_removes_the_cache(stack):
     _tile(_xyz(s, "sst2", 1, 1, 1))
     assert _renders(s) == rendered
 
+    # WMS clients through the cache: the service's WMS URL is the cache's (tiles assembled by MapCache)
+    patch_cr(cluster.api, ns, "MapService", "tiles", {"spec": {"tileCache": {"wms": True}}})
+    url = wait_until(
+        lambda: (
+            (st := get_cr(cluster.api, ns, "MapService", "tiles")["status"])["url"] == st["tileCache"]["url"]
+            and st["url"]
+        ),
+        "service WMS URL pointing at the tile cache",
+        60,
+    )
+    getmap = {
+        "SERVICE": "WMS",
+        "VERSION": "1.1.1",
+        "REQUEST": "GetMap",
+        "LAYERS": "sst2",
+        "SRS": "EPSG:4326",
+        "BBOX": "-180,-90,180,90",
+        "WIDTH": "300",
+        "HEIGHT": "150",
+        "FORMAT": "image/png",
+        "STYLES": "",
+    }
+    r = httpx.get(url, params=getmap, timeout=30)
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), r.text[:300]
+    wait_until(lambda: _tc(cluster, ns, "sst2").get("wms"), "dataset tiled WMS URL", 30)
+
     patch_cr(cluster.api, ns, "MapService", "tiles", {"spec": {"tileCache": {"enabled": False}}})
     wait_until(
         lambda: not (get_cr(cluster.api, ns, "MapService", "tiles")["status"].get("tileCache")),

@@ -88,6 +88,9 @@ def thumbnail(
     minx, miny, maxx, maxy = _bbox(obj)
     status = obj.get("status") or {}
     url, layer = status.get("url"), status.get("layerName")
+    tiles = status.get("tileCache") or {}
+    if tiles.get("wms") and ctx.config.current().wms_via_tile_cache:  # through the tile cache's WMS
+        url, layer = tiles["wms"], id
     if not url or not layer:
         raise Problem(409, "no MapService serves this dataset yet", "id")
     key = (

@@ -33,6 +33,25 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 DatasetId = Annotated[str, Path(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 NOT_FOUND = {404: {"model": ErrorBody, "description": "No such dataset."}}
 CONFLICT = {409: {"model": ErrorBody, "description": "A dataset (or file) of that name exists."}}
+# OpenAPI links: what a client (or schemathesis' stateful run) can do next with the answer's ids.
+# The operationIds are FastAPI's generated ones; a unit test checks that each link resolves.
+_BY_ID = {"id": "$response.body#/id"}
+DATASET_LINKS = {
+    "GetDataset": {"operationId": "get_dataset_datasets__id__get", "parameters": _BY_ID},
+    "DeleteDataset": {"operationId": "delete_dataset_datasets__id__delete", "parameters": _BY_ID},
+}
+CREATED = {201: {"description": "The registered dataset.", "links": DATASET_LINKS}}
+MAINTENANCE_LINKS = {
+    202: {
+        "description": "The MapJobs started.",
+        "links": {
+            "GetFirstJob": {
+                "operationId": "get_job_jobs__id__get",
+                "parameters": {"id": "$response.body#/jobs/0/id"},
+            }
+        },
+    }
+}
 
 
 @router.get("", response_model=DatasetPage, summary="List datasets (light items, from the watch cache)")
@@ -80,7 +99,11 @@ def get_dataset(id: DatasetId, _: ViewerUser, ctx: Ctx) -> dict:
 
 
 @router.post(
-    "", response_model=DatasetDetail, status_code=201, responses=CONFLICT, summary="Register a path or URL"
+    "",
+    response_model=DatasetDetail,
+    status_code=201,
+    responses={**CREATED, **CONFLICT},
+    summary="Register a path or URL",
 )
 def create_dataset(req: DatasetCreate, _: EditorUser, ctx: Ctx) -> dict:
     registry.check(req, ctx.config.current(), ctx.settings)
@@ -119,6 +142,7 @@ UPLOAD_BODY = {
     response_model=DatasetDetail,
     status_code=201,
     responses={
+        **CREATED,
         **CONFLICT,
         413: {"model": ErrorBody, "description": "The file exceeds maxUploadMb."},
         415: {"model": ErrorBody, "description": "The content (or declared type) is not what the name says."},
@@ -201,7 +225,11 @@ def _jobs_over(ctx: Context, type_: str, field: str, names: list[str]) -> dict:
 
 
 @router.post(
-    "/maintenance/rehash", response_model=MaintenanceResult, status_code=202, summary="Rehash (MapJob)"
+    "/maintenance/rehash",
+    response_model=MaintenanceResult,
+    status_code=202,
+    responses=MAINTENANCE_LINKS,
+    summary="Rehash (MapJob)",
 )
 def rehash(req: RehashRequest, _: EditorUser, ctx: Ctx) -> dict:
     return _jobs_over(ctx, "rehash", "rehash", _dataset_names(ctx, req.datasets))
@@ -211,6 +239,7 @@ def rehash(req: RehashRequest, _: EditorUser, ctx: Ctx) -> dict:
     "/maintenance/resync",
     response_model=MaintenanceResult,
     status_code=202,
+    responses=MAINTENANCE_LINKS,
     summary="Re-read metadata (MapJob)",
 )
 def resync(req: ResyncRequest, _: EditorUser, ctx: Ctx) -> dict:

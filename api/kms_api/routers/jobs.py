@@ -51,6 +51,12 @@ PARAMS: dict[str, type[KModel]] = {
     "inspect": Inspect,
 }
 UNKNOWN = {404: {"model": JobUnknown, "description": "No such job: state unknown."}}
+_BY_ID = {"id": "$response.body#/id"}
+JOB_LINKS = {  # OpenAPI links from a created job (FastAPI's generated operationIds; checked by a unit test)
+    "GetJob": {"operationId": "get_job_jobs__id__get", "parameters": _BY_ID},
+    "CancelJob": {"operationId": "cancel_job_jobs__id__cancel_post", "parameters": _BY_ID},
+    "DeleteJob": {"operationId": "delete_job_jobs__id__delete", "parameters": _BY_ID},
+}
 
 
 def _unknown(id: str) -> JSONResponse:
@@ -170,7 +176,10 @@ def _add_create_route(type_: str, params: type[KModel]) -> None:
         methods=["POST"],
         response_model=JobView,
         status_code=201,
-        responses={409: {"model": ErrorBody, "description": "A job of that name exists."}},
+        responses={
+            201: {"description": "The MapJob created.", "links": JOB_LINKS},
+            409: {"model": ErrorBody, "description": "A job of that name exists."},
+        },
         summary=f"Create a {type_} job",
         name=f"create_{type_.replace('-', '_')}_job",
     )

@@ -584,6 +584,18 @@ class Operator:
                 await self.call(
                     self.kube.apply, tilecache.build_auto_mapjob(owner, job, "cache-seed", params, tc.image)
                 )
+        await self._prune_auto_jobs(owner)
+
+    async def _prune_auto_jobs(self, owner: builders.Owner, keep: int = 10) -> None:
+        """Automatic cache jobs do not pile up: finished ones beyond the newest `keep` are deleted."""
+        selector = f"app.kubernetes.io/instance={owner.name},maps.kube-mapserver.io/automatic=true"
+        jobs = await self.call(self.kube.list, API_VERSION, "MapJob", owner.namespace, selector)
+        done = [
+            j for j in jobs if (j.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled")
+        ]
+        done.sort(key=lambda j: j["metadata"].get("creationTimestamp") or "", reverse=True)
+        for j in done[keep:]:
+            await self.call(self.kube.delete, API_VERSION, "MapJob", owner.namespace, j["metadata"]["name"])
 
     async def _report_failure(self, body: dict, error: ApiError) -> None:
         meta = body["metadata"]

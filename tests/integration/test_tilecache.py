@@ -212,6 +212,43 @@ def test_seeding_progress_shows_in_the_job_status(stack, capsys):
         )
 
 
+def _percentiles(values: list[float]) -> tuple[float, float]:
+    v = sorted(values)
+    return v[len(v) // 2] * 1000, v[min(len(v) - 1, int(len(v) * 0.95))] * 1000
+
+
+def test_measure_cached_vs_uncached_tiles_and_seeding_throughput(stack, capsys):
+    """Figures for the note (not assertions on speed): the make-dev serving path, loopback."""
+    s = stack
+    _run_job(s, s["editor"].delete("/datasets/sst/cache"))
+    urls = [_xyz(s, "sst", 6, x, y) for x in range(20, 30) for y in range(20, 28)]  # 80 tiles
+    _tile(urls[0])
+    timings: dict[str, list[float]] = {"uncached": [], "cached": []}
+    with httpx.Client(timeout=30) as c:
+        for kind in ("uncached", "cached"):
+            for url in urls[1:]:
+                t0 = time.perf_counter()
+                assert c.get(url).status_code == 200
+                timings[kind].append(time.perf_counter() - t0)
+    (u50, u95), (c50, c95) = _percentiles(timings["uncached"]), _percentiles(timings["cached"])
+    job = _run_job(
+        s,
+        s["editor"].post(
+            "/datasets/sst/cache/seed", json={"maxZoom": 8, "extent": [0, 40, 10, 50], "threads": 2}
+        ),
+    )
+    result = get_cr(s["cluster"].api, s["ns"], "MapJob", job["id"])["status"]["result"]
+    with capsys.disabled():
+        print(
+            f"\n[measure] tile through MapCache (make-dev path, {len(urls) - 1} tiles): "
+            f"uncached p50 {u50:.1f} ms p95 {u95:.1f} ms, "
+            f"cached p50 {c50:.2f} ms p95 {c95:.2f} ms ({u50 / c50:.0f}x)"
+            f"\n[measure] seeding z0-8 of a 10x10 degree area: {result['tiles']} tiles "
+            f"in {result['seconds']} s = {result['tilesPerSecond']} tiles/s (2 threads)"
+        )
+    assert c50 < u50  # a cache hit is a file read
+
+
 def test_seeding_beyond_the_configured_limits_is_refused(stack):
     s = stack
     jobs_before = len(s["editor"].get("/jobs").json()["items"])
@@ -255,6 +292,14 @@ def test_seed_policy_seeds_new_datasets_and_disabling_removes_the_cache(stack):
     _tile(_xyz(s, "sst2", 1, 1, 1))
     assert _renders(s) == rendered
 
+    # a removed dataset's tiles go away (an automatic cache-purge job)
+    gone = _version_dir(s, "sst2")
+    assert gone.is_dir()
+    from tests.helpers import delete_cr
+
+    delete_cr(cluster.api, ns, "MapDataset", "sst2")
+    wait_until(lambda: not gone.parent.exists(), "tiles of the removed dataset purged", 120, interval=1)
+
     # WMS clients through the cache: the service's WMS URL is the cache's (tiles assembled by MapCache)
     patch_cr(cluster.api, ns, "MapService", "tiles", {"spec": {"tileCache": {"wms": True}}})
     url = wait_until(
@@ -269,7 +314,7 @@ def test_seed_policy_seeds_new_datasets_and_disabling_removes_the_cache(stack):
         "SERVICE": "WMS",
         "VERSION": "1.1.1",
         "REQUEST": "GetMap",
-        "LAYERS": "sst2",
+        "LAYERS": "sst",
         "SRS": "EPSG:4326",
         "BBOX": "-180,-90,180,90",
         "WIDTH": "300",
@@ -279,7 +324,7 @@ def test_seed_policy_seeds_new_datasets_and_disabling_removes_the_cache(stack):
     }
     r = httpx.get(url, params=getmap, timeout=30)
     assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), r.text[:300]
-    wait_until(lambda: _tc(cluster, ns, "sst2").get("wms"), "dataset tiled WMS URL", 30)
+    wait_until(lambda: _tc(cluster, ns, "sst").get("wms"), "dataset tiled WMS URL", 30)
 
     patch_cr(cluster.api, ns, "MapService", "tiles", {"spec": {"tileCache": {"enabled": False}}})
     wait_until(
@@ -303,5 +348,5 @@ def test_seed_policy_seeds_new_datasets_and_disabling_removes_the_cache(stack):
     )
     assert not core.list_namespaced_service(ns, label_selector="app.kubernetes.io/name=mapcache").items
     wait_until(
-        lambda: s["editor"].get("/datasets/sst2/cache").json()["state"] == "disabled", "cache disabled", 60
+        lambda: s["editor"].get("/datasets/sst/cache").json()["state"] == "disabled", "cache disabled", 60
     )

@@ -59,7 +59,8 @@ up() {
   k -n "$NS" rollout status "deployment/$RELEASE-operator" --timeout=120s
   k -n "$NS" rollout status "deployment/$RELEASE-api" --timeout=120s
   seed
-  log "example MapService ocean (serves datasets labelled collection=ocean)"
+  log "example MapService ocean (serves datasets labelled collection=ocean) with its tile cache volume"
+  k -n "$NS" apply -f examples/tile-cache-volume.yaml
   k -n "$NS" apply -f examples/service.yaml
   log "ready: make kind-smoke"
 }

@@ -229,8 +229,11 @@ class TileCache(KModel):
     metatile: int = Field(1, ge=1, le=8, description="Metatile size (tiles per side rendered at once).")
     expires: int = Field(3600, ge=0, description="Cache-Control max-age of tile answers, in seconds.")
     replicas: int = Field(1, ge=0, le=100, description="Tile cache pods.")
-    image: str = Field(
-        DEFAULT_TILES_IMAGE, max_length=512, description="Image with MapCache and the tile server."
+    image: str | None = Field(
+        None,
+        max_length=512,
+        description="Image with MapCache and kube-mapserver-tiles (default: the operator's KMS_TILES_IMAGE, "
+        "i.e. the product image it was installed with).",
     )
     resources: Resources | None = Field(None, description="Requests/limits of the tile cache container.")
 

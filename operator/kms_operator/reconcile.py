@@ -534,7 +534,9 @@ class Operator:
                 before = json.loads(((old_cm or {}).get("data") or {}).get(tilecache.VERSIONS_FILE) or "{}")
             await self.call(self.kube.apply, cm)
             _, deploy = await self.call(
-                self.kube.apply, tilecache.build_tiles_deployment(owner, tc, cm_name, digest), live
+                self.kube.apply,
+                tilecache.build_tiles_deployment(owner, tc, cm_name, digest, self.settings.tiles_image),
+                live,
             )
             await self.call(self.kube.apply, tilecache.build_tiles_service(owner))
             if live_cm != cm_name:
@@ -565,7 +567,10 @@ class Operator:
             params = {"service": owner.name, "datasets": chunk, "keepCurrent": True}
             job = tilecache.auto_job_name(owner.name, "purge", [params, [after.get(d) for d in chunk]])
             await self.call(
-                self.kube.apply, tilecache.build_auto_mapjob(owner, job, "cache-purge", params, tc.image)
+                self.kube.apply,
+                tilecache.build_auto_mapjob(
+                    owner, job, "cache-purge", params, tc.image or self.settings.tiles_image
+                ),
             )
         if tc.seed:
             fresh = sorted(changes.new + changes.changed)
@@ -582,7 +587,10 @@ class Operator:
                     params["extent"] = tc.seed.extent
                 job = tilecache.auto_job_name(owner.name, "seed", [params, [after[d] for d in chunk]])
                 await self.call(
-                    self.kube.apply, tilecache.build_auto_mapjob(owner, job, "cache-seed", params, tc.image)
+                    self.kube.apply,
+                    tilecache.build_auto_mapjob(
+                        owner, job, "cache-seed", params, tc.image or self.settings.tiles_image
+                    ),
                 )
         await self._prune_auto_jobs(owner)
 

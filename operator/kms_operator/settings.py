@@ -35,6 +35,12 @@ class Settings:
             "KMS_TILES_URL_TEMPLATE", "http://{name}-tiles.{namespace}.svc.cluster.local:8080/"
         )
     )
+    # Image of tile cache pods and cache jobs when tileCache.image is not set (the chart: its own image).
+    tiles_image: str = field(
+        default_factory=lambda: os.environ.get(
+            "KMS_TILES_IMAGE", "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
+        )
+    )
     # The MapServer WMS the tile cache renders from (in-cluster; the loopback server in local mode).
     tiles_source_template: str = field(
         default_factory=lambda: os.environ.get(

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kms_crds.mapservice import TileCache
+from kms_crds.mapservice import DEFAULT_TILES_IMAGE, TileCache
 
 from .builders import CONTAINER_SECURITY, Owner
 from .labels import HASH_ANNOTATION
@@ -174,7 +174,9 @@ def build_tiles_configmap(owner: Owner, xml: str, versions: Mapping[str, str], d
     }
 
 
-def build_tiles_deployment(owner: Owner, tc: TileCache, configmap: str, digest: str) -> dict:
+def build_tiles_deployment(
+    owner: Owner, tc: TileCache, configmap: str, digest: str, default_image: str = DEFAULT_TILES_IMAGE
+) -> dict:
     """kube-mapserver-tiles (MapCache FastCGI workers behind a small HTTP server), non-root."""
     workers = "2"
     if tc.resources and tc.resources.limits and "cpu" in tc.resources.limits:
@@ -188,7 +190,7 @@ def build_tiles_deployment(owner: Owner, tc: TileCache, configmap: str, digest: 
         cache_volume["emptyDir"] = {"sizeLimit": tc.storage.size_limit}
     container: dict = {
         "name": "mapcache",
-        "image": tc.image,
+        "image": tc.image or default_image,
         "command": ["kube-mapserver-tiles"],
         "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--port", str(PORT), "--workers", workers],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],

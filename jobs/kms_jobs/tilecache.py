@@ -287,6 +287,7 @@ def seed(params: SeedParams, root: CacheRoot, log: Logger) -> dict[str, Any]:
     per_tileset = tile_count(params.grid, params.min_zoom, params.max_zoom, params.extent)
     total = per_tileset * len(params.tilesets)
     tiles = nonempty = failed = 0
+    per: dict[str, dict[str, int]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kms-seed-") as tmp:
         work = Path(tmp)
@@ -298,6 +299,7 @@ def seed(params: SeedParams, root: CacheRoot, log: Logger) -> dict[str, Any]:
                 config, name, params, extent, failed_log, log, per_tileset, i * per_tileset, total
             )
             tiles, nonempty = tiles + seeded, nonempty + ne
+            per[name] = {"tiles": seeded, "bytes": _tree_bytes(dirs[name]) if dirs[name].exists() else 0}
             if failed_log.exists():
                 failed += sum(1 for line in failed_log.read_text().splitlines() if line.strip())
             log.info("seeded", tileset=name, tiles=seeded, progress=round((i + 1) / len(params.tilesets), 3))
@@ -312,6 +314,8 @@ def seed(params: SeedParams, root: CacheRoot, log: Logger) -> dict[str, Any]:
         "seconds": round(seconds, 3),
         "tilesPerSecond": round(tiles / seconds, 1) if seconds > 0 else 0.0,
         "bytes": sum(_tree_bytes(d) for d in dirs.values() if d.exists()),
+        # per dataset (what lands in each MapDataset's status); big runs keep only the totals
+        **({"perTileset": per} if len(per) <= 40 else {}),
         "levels": list(range(params.min_zoom, params.max_zoom + 1)),
         "grid": params.grid,
         "tilesets": params.tilesets,

@@ -325,15 +325,14 @@ class MapJobs:
             if d is None:
                 continue
             if spec.type == "cache-seed":
+                mine = (result.get("perTileset") or {}).get(dname) or {}
                 seeded = {
                     "version": version,
                     "grid": spec.cache_seed.grid,
                     "minZoom": spec.cache_seed.min_zoom,
                     "maxZoom": spec.cache_seed.max_zoom,
-                    "tiles": (result.get("perTileset") or {})
-                    .get(dname, {})
-                    .get("tiles", result.get("tiles")),
-                    "bytes": (result.get("bytesPerTileset") or {}).get(dname, result.get("bytes")),
+                    "tiles": mine.get("tiles"),  # None when the job seeded too many datasets to list
+                    "bytes": mine.get("bytes"),
                     "job": name,
                     "time": end,
                 }

@@ -43,6 +43,7 @@ class CRClient:
 
     def __init__(self, kube: Kube, settings: Settings):
         self.kube, self.settings = kube, settings
+        kube.limit_pending(settings.kube_max_pending)
         ns, wt = settings.namespace, settings.watch_timeout
 
         def single(plural: str, name: str) -> Store:

@@ -59,6 +59,8 @@ def from_kube(e: KubeError, what: str = "") -> Problem:
     # the cause goes to the log only: it names the apiserver's address and the facade's request paths
     log.warning("Kubernetes API call failed: %s", e)
     why = "unreachable or no answer in time" if e.status == 0 else f"HTTP {e.status}"
+    if e.reason == "TooManyPending":
+        why = "too many calls waiting for it"
     return Problem(
         503, f"the Kubernetes API is unavailable ({why}); try again later", headers={"Retry-After": "5"}
     )

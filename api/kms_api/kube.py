@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -39,10 +40,19 @@ def cr_path(namespace: str, plural: str, name: str | None = None) -> str:
 
 
 class Kube:
-    """JSON requests against the apiserver. Thread-safe (urllib3 pool)."""
+    """JSON requests against the apiserver. Thread-safe (urllib3 pool).
 
-    def __init__(self, api: client.ApiClient, timeout: float = 10.0):
+    At most `max_pending` requests wait on the apiserver at once; more fail at once (status 0,
+    reason TooManyPending). Requests run in the web server's thread pool, so an apiserver that
+    hangs must not take all of its threads: reads from the caches need them too."""
+
+    def __init__(self, api: client.ApiClient, timeout: float = 10.0, max_pending: int = 24):
         self.api, self.timeout = api, timeout
+        self.limit_pending(max_pending)
+
+    def limit_pending(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        self._pending = threading.BoundedSemaphore(max_pending)
 
     @classmethod
     def from_environment(cls, timeout: float = 10.0, kubeconfig: str | None = None) -> Kube:
@@ -83,13 +93,25 @@ class Kube:
         query: dict | None = None,
         content_type: str = "application/json",
         timeout: float | tuple[float, float] | None = None,
+        limited: bool = True,
     ) -> tuple[int, Any]:
-        """One call; returns (HTTP status, decoded JSON or text). Never raises for 4xx/5xx."""
-        resp = self._open(method, path, body, query, content_type, timeout or (5, self.timeout))
+        """One call; returns (HTTP status, decoded JSON or text). Never raises for 4xx/5xx.
+        limited=False: not counted against max_pending (health checks)."""
+        if limited and not self._pending.acquire(blocking=False):
+            raise KubeError(
+                0, f"{method} {path}: {self.max_pending} apiserver calls already pending", "TooManyPending"
+            )
         try:
-            raw = resp.read()
-        except Exception as e:
-            raise KubeError(0, f"{method} {path}: reading the response: {type(e).__name__}: {e}") from None
+            resp = self._open(method, path, body, query, content_type, timeout or (5, self.timeout))
+            try:
+                raw = resp.read()
+            except Exception as e:
+                raise KubeError(
+                    0, f"{method} {path}: reading the response: {type(e).__name__}: {e}"
+                ) from None
+        finally:
+            if limited:
+                self._pending.release()
         try:
             payload = json.loads(raw) if raw else None
         except ValueError:

@@ -29,6 +29,7 @@ class Settings:
     request_timeout: float = 10.0
     watch_timeout: int = 60
     health_timeout: float = 1.5
+    kube_max_pending: int = 24  # below the web server's thread pool (40): cache reads keep threads
     login_max_failures: int = 5
     login_ip_max_failures: int = 20
     login_window_seconds: int = 60
@@ -38,7 +39,8 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """KMS_NAMESPACE, KMS_DATA_ROOT, KMS_DATA_PVC, KMS_UPLOAD_DIR, KMS_JOB_IMAGE, KMS_TOKEN_TTL,
-        KMS_OPERATOR_HEALTH_URL, KMS_REQUEST_TIMEOUT, KMS_WATCH_TIMEOUT, KMS_LOGIN_MAX_FAILURES,
+        KMS_OPERATOR_HEALTH_URL, KMS_REQUEST_TIMEOUT, KMS_WATCH_TIMEOUT, KMS_KUBE_MAX_PENDING,
+        KMS_LOGIN_MAX_FAILURES,
         KMS_LOGIN_IP_MAX_FAILURES, KMS_LOGIN_WINDOW, KMS_TOMBSTONE_MAX, KMS_TOMBSTONE_MAX_AGE."""
         e = os.environ if env is None else env
         d = cls()
@@ -53,6 +55,7 @@ class Settings:
             operator_health_url=e.get("KMS_OPERATOR_HEALTH_URL") or None,
             request_timeout=float(e.get("KMS_REQUEST_TIMEOUT", d.request_timeout)),
             watch_timeout=int(e.get("KMS_WATCH_TIMEOUT", d.watch_timeout)),
+            kube_max_pending=max(1, int(e.get("KMS_KUBE_MAX_PENDING", d.kube_max_pending))),
             login_max_failures=int(e.get("KMS_LOGIN_MAX_FAILURES", d.login_max_failures)),
             login_ip_max_failures=int(e.get("KMS_LOGIN_IP_MAX_FAILURES", d.login_ip_max_failures)),
             login_window_seconds=int(e.get("KMS_LOGIN_WINDOW", d.login_window_seconds)),

@@ -272,3 +272,51 @@ def test_unknown_user_and_wrong_password_take_as_long(facade_factory, capsys):
         b.json(),
         b.headers.get("www-authenticate"),
     )
+
+
+@pytest.mark.chaos
+def test_cached_reads_stay_fast_while_writes_hang_on_a_frozen_apiserver(
+    cluster, facade_factory, operator_process, capsys
+):
+    """50 writes hang on a frozen apiserver at once: reads from the cache must not queue behind them
+    (the web server has 40 threads; at most KMS_KUBE_MAX_PENDING=24 may wait on the apiserver)."""
+    if not cluster.local:
+        pytest.skip("freezes the local control plane's apiserver")
+    timeout = 8  # writes hang this long (connect timeout 5 s on fresh connections)
+    fac = facade_factory(KMS_WATCH_TIMEOUT="5", KMS_REQUEST_TIMEOUT=str(timeout))
+    tag = uuid.uuid4().hex[:6]
+    with fac.client("editor") as editor:
+        assert editor.post("/datasets", json=ds_spec(f"seen-{tag}")).status_code == 201
+        headers = dict(editor.headers)
+    api = ApiServer(cluster)
+    writes: list[tuple[int, float]] = []
+    reads: list[tuple[int, float]] = []
+
+    def timed(method: str, path: str, out: list, **kw) -> None:
+        t0 = time.monotonic()
+        r = httpx.request(method, fac.url + path, headers=headers, timeout=60, **kw)
+        out.append((r.status_code, time.monotonic() - t0))
+
+    try:
+        api.freeze()
+        with ThreadPoolExecutor(60) as pool:
+            for i in range(50):
+                pool.submit(timed, "POST", "/datasets", writes, json=ds_spec(f"w{i}-{tag}"))
+            time.sleep(2)  # the writes are in (or refused at once beyond KMS_KUBE_MAX_PENDING)
+            for _ in range(10):
+                pool.submit(timed, "GET", f"/datasets/seen-{tag}", reads).result()
+    finally:
+        api.restore()
+        wait_until(lambda: _node_ready(cluster), "the fake node Ready again", 60)
+    slowest_read = max(e for _, e in reads)
+    slowest_write = max(e for _, e in writes)
+    with capsys.disabled():
+        print(
+            f"\n[chaos] frozen apiserver, 50 concurrent writes: all {sorted({s for s, _ in writes})}, "
+            f"{sum(e < 1 for _, e in writes)} refused at once (KMS_KUBE_MAX_PENDING), slowest "
+            f"{slowest_write:.1f}s; 10 cached reads meanwhile {sorted({s for s, _ in reads})} "
+            f"(slowest {slowest_read:.2f}s)"
+        )
+    assert {s for s, _ in reads} == {200}
+    assert slowest_read < 1.0, reads
+    assert all(s in (201, 503) for s, _ in writes) and slowest_write <= 5 + timeout + 3, writes

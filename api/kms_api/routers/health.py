@@ -33,7 +33,7 @@ async def check_kubernetes(ctx: Context) -> Component:
     t = ctx.settings.health_timeout
     try:
         status, _ = await asyncio.to_thread(
-            ctx.cr.kube.request, "GET", "/readyz", None, None, "application/json", (t, t)
+            ctx.cr.kube.request, "GET", "/readyz", timeout=(t, t), limited=False
         )
     except KubeError as e:  # the cause names the apiserver's address: logged, not shown (public route)
         log.warning("health: %s", e)

@@ -320,3 +320,53 @@ def test_cached_reads_stay_fast_while_writes_hang_on_a_frozen_apiserver(
     assert {s for s, _ in reads} == {200}
     assert slowest_read < 1.0, reads
     assert all(s in (201, 503) for s, _ in writes) and slowest_write <= 5 + timeout + 3, writes
+
+
+@pytest.mark.chaos
+def test_facade_started_during_an_outage_serves_once_the_apiserver_returns(
+    cluster, facade_factory, operator_process, capsys
+):
+    """A facade (re)started while the apiserver is down: 503s, never 500 or a hang; then it serves."""
+    if not cluster.local:
+        pytest.skip("stops the local control plane's apiserver")
+    fac = facade_factory(KMS_WATCH_TIMEOUT="5", KMS_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT))
+    token = fac.token("editor")
+    fac.stop()
+    api = ApiServer(cluster)
+    answers: dict[str, tuple[int, float, dict]] = {}
+    try:
+        api.stop()
+        fac.start(wait_ready=False)
+        for name, method, path, kw in [
+            ("GET /health", "GET", "/health", {}),
+            ("POST /token", "POST", "/token", {"data": {"username": "editor", "password": "x"}}),
+            ("GET /datasets (token)", "GET", "/datasets", {"headers": {"Authorization": f"Bearer {token}"}}),
+            (
+                "POST /datasets (token)",
+                "POST",
+                "/datasets",
+                {"headers": {"Authorization": f"Bearer {token}"}},
+            ),
+        ]:
+            t0 = time.monotonic()
+            r = httpx.request(method, fac.url + path, timeout=60, **kw)
+            answers[name] = (r.status_code, time.monotonic() - t0, r.json())
+    finally:
+        api.restore()
+        wait_until(lambda: _node_ready(cluster), "the fake node Ready again", 60)
+    for name, (status, elapsed, body) in answers.items():
+        assert status == 503 and elapsed <= BOUND, (name, status, elapsed, body)
+        assert "127.0.0.1" not in str(body), (name, body)
+    t0 = time.monotonic()
+    wait_until(fac.ready, "facade ready after the apiserver returned", 60)
+    ready_after = time.monotonic() - t0
+    with fac.client("editor") as editor:  # a fresh login, and the token from before the restart still works
+        assert editor.get("/datasets").status_code == 200
+    r = httpx.get(f"{fac.url}/datasets", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert r.status_code == 200
+    with capsys.disabled():
+        print(
+            f"\n[chaos] facade started during an apiserver outage: {len(answers)} calls answered 503 "
+            f"(slowest {max(e for _, e, _ in answers.values()):.1f}s), server errors=0; serving "
+            f"{ready_after:.1f}s after the apiserver returned"
+        )

@@ -118,6 +118,7 @@ smoke() {
   password=$(k -n "$NS" get secret "$RELEASE-admin" -o jsonpath='{.data.password}' | base64 -d)
   KMS_URL=http://127.0.0.1:18000 KMS_USERNAME=admin KMS_PASSWORD="$password" \
     SMOKE_WMS_BASE="http://127.0.0.1:18001/api/v1/namespaces/$NS/services/ocean:http/proxy" \
+    SMOKE_TILES_BASE="http://127.0.0.1:18001/api/v1/namespaces/$NS/services/ocean-tiles:http/proxy" \
     SMOKE_REQUIRE_WMS=1 SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-300} hack/smoke.sh
 }
 

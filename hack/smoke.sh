@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end smoke walk through a running kube-mapserver, from the outside, as an API client would:
 # health -> login -> create a dataset -> Ready -> list -> cog-convert job -> success -> WMS
-# GetCapabilities (+ GetMap) from the dataset's status URL -> clean up.
+# GetCapabilities (+ GetMap) from the dataset's status URL -> tile cache: a tile, seeding -> clean up.
 #
 # Works against any installation: `make dev` (local stack), kind (`make kind-smoke`), a real cluster.
 #   KMS_URL            facade base URL                      (default http://127.0.0.1:8000)
@@ -15,6 +15,9 @@
 #                      MapService when the URL is a cluster-internal name (default: use as is)
 #   SMOKE_REQUIRE_WMS  1: fail when the dataset gets no WMS URL or GetMap fails (default 0: the WMS
 #                      steps need a MapService selecting the dataset; without one they are skipped)
+#   SMOKE_TILES_BASE   like SMOKE_WMS_BASE, for the tile cache's URLs
+#   SMOKE_TILES        0 skips the tile cache steps (default 1: run when the serving MapService has a
+#                      tile cache; SMOKE_REQUIRE_WMS=1 makes a missing tile fatal)
 #   SMOKE_JOB          0 skips the cog-convert job (default 1)
 #   SMOKE_WMS          0 skips the WMS steps (default 1)
 #   SMOKE_KEEP         1 keeps what the walk created (default 0: deleted at the end, also on failure)
@@ -29,6 +32,8 @@ SMOKE_LABELS=${SMOKE_LABELS:-collection=ocean}
 SMOKE_TIMEOUT=${SMOKE_TIMEOUT:-180}
 SMOKE_WMS_BASE=${SMOKE_WMS_BASE:-}
 SMOKE_REQUIRE_WMS=${SMOKE_REQUIRE_WMS:-0}
+SMOKE_TILES_BASE=${SMOKE_TILES_BASE:-}
+SMOKE_TILES=${SMOKE_TILES:-1}
 SMOKE_JOB=${SMOKE_JOB:-1}
 SMOKE_WMS=${SMOKE_WMS:-1}
 SMOKE_KEEP=${SMOKE_KEEP:-0}
@@ -189,6 +194,9 @@ if [ "$SMOKE_JOB" = 1 ]; then
 fi
 
 # ------------------------------------------------------------------------------------------ WMS
+rebase() { # URL BASE: URL with BASE's scheme://host:port/path prefix (port-forwards, service proxies)
+  "$PY" -c 'import sys, urllib.parse as u; a = u.urlsplit(sys.argv[1]); b = u.urlsplit(sys.argv[2]); print(u.urlunsplit((b.scheme, b.netloc, b.path.rstrip("/") + a.path, a.query, "")))' "$1" "$2"
+}
 url=""
 [ "$SMOKE_WMS" = 1 ] && url=$(json "$WORK/dataset.json" '(d.get("status") or {}).get("url")')
 layer=$(json "$WORK/dataset.json" '(d.get("status") or {}).get("layerName")')
@@ -210,7 +218,7 @@ elif [ -z "$url" ]; then
   log "no MapService serves $NAME (no status.url): WMS steps skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
 else
   if [ -n "$SMOKE_WMS_BASE" ]; then
-    url=$("$PY" -c 'import sys, urllib.parse as u; a = u.urlsplit(sys.argv[1]); b = u.urlsplit(sys.argv[2]); print(u.urlunsplit((b.scheme, b.netloc, b.path.rstrip("/") + a.path, a.query, "")))' "$url" "$SMOKE_WMS_BASE")
+    url=$(rebase "$url" "$SMOKE_WMS_BASE")
   fi
   step "WMS GetCapabilities lists $layer"
   caps_ok() {
@@ -230,6 +238,40 @@ else
     fail "GetMap answered HTTP $code: $(head -c 300 "$WORK/map.png" 2>/dev/null)"
   else
     log "GetMap not reachable (HTTP $code): skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
+  fi
+fi
+
+# ----------------------------------------------------------------------------------- tile cache
+if [ "$SMOKE_TILES" = 1 ] && [ -n "$url" ]; then
+  api GET "/datasets/$NAME/cache" >/dev/null
+  xyz=$(json "$WORK/body" 'd.get("xyz") or ""')
+  if [ -z "$xyz" ]; then
+    log "the serving MapService has no tile cache: tile steps skipped"
+  else
+    step "a web-mercator tile from the tile cache (XYZ)"
+    tile=${xyz//\{z\}/0}; tile=${tile//\{x\}/0}; tile=${tile//\{y\}/0}
+    [ -n "$SMOKE_TILES_BASE" ] && tile=$(rebase "$tile" "$SMOKE_TILES_BASE")
+    tile_ok() {
+      local code; code=$(curl -sS -o "$WORK/tile.png" -w '%{http_code}' --max-time 60 "$tile" 2>"$WORK/curl.err" || true)
+      LAST="HTTP $code from $tile $(head -c 200 "$WORK/tile.png" 2>/dev/null | tr -d '\\0')$(head -c 200 "$WORK/curl.err")"
+      [ "$code" = 200 ] && [ "$(head -c 4 "$WORK/tile.png" | od -An -c | tr -d ' \n')" = '211PNG' ]
+    }
+    if [ "$SMOKE_REQUIRE_WMS" = 1 ]; then
+      wait_for "tile at $tile" tile_ok
+    else
+      for _ in $(seq 10); do tile_ok && break; sleep 2; done
+      tile_ok || log "tile not reachable ($LAST): skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
+    fi
+
+    step "POST /datasets/$NAME/cache/seed (zoom 0-1) and the seeding job succeeds"
+    code=$(api POST "/datasets/$NAME/cache/seed" -H 'Content-Type: application/json' -d '{"maxZoom": 1}')
+    [ "$code" = 202 ] || fail "seed: HTTP $code $(body)"
+    SEED_ID=$(json "$WORK/body" 'd["id"]')
+    seeded() { api GET "/jobs/$SEED_ID" >/dev/null; local s; s=$(json "$WORK/body" 'd.get("state")'); LAST="state $s: $(body)"; [ "$s" = success ] || { [ "$s" = failure ] && fail "seed job failed: $(body)"; false; }; }
+    wait_for "seed job $SEED_ID" seeded
+    api GET "/datasets/$NAME/cache" >/dev/null
+    log "cache: $(json "$WORK/body" '{k: d.get(k) for k in ("state", "levels", "size")}')"
+    [ "$SMOKE_KEEP" = 1 ] || api DELETE "/jobs/$SEED_ID" >/dev/null
   fi
 fi
 

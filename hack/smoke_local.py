@@ -75,7 +75,7 @@ def main() -> int:
         kubeconfig = plane.kubeconfig
         kubectl = [str(cluster.binaries()["kubectl"]), f"--kubeconfig={kubeconfig}"]
         install(kubectl, kubeconfig, data_root)
-        ports = {n: cluster.free_port() for n in ("liveness", "metrics", "mapserver", "facade")}
+        ports = {n: cluster.free_port() for n in ("liveness", "metrics", "mapserver", "tiles", "facade")}
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -85,6 +85,7 @@ def main() -> int:
             "KMS_METRICS_PORT": str(ports["metrics"]),
             "KMS_METRICS_ADDR": "127.0.0.1",
             "KMS_SERVICE_URL_TEMPLATE": f"http://127.0.0.1:{ports['mapserver']}/{{namespace}}/{{name}}/",
+            "KMS_TILES_URL_TEMPLATE": f"http://127.0.0.1:{ports['tiles']}/{{namespace}}/{{name}}/",
             "KMS_OPERATOR_HEALTH_URL": f"http://127.0.0.1:{ports['liveness']}/healthz",
         }
         password = secrets.token_urlsafe(18)
@@ -112,6 +113,16 @@ def main() -> int:
                 str(kubeconfig),
                 "--port",
                 str(ports["mapserver"]),
+            ],
+            "local-tilecache": [
+                PY,
+                str(HACK / "local_tilecache.py"),
+                "--kubeconfig",
+                str(kubeconfig),
+                "--port",
+                str(ports["tiles"]),
+                "--state-dir",
+                str(work / "tiles"),
             ],
             "facade": [PY, "-m", "kms_api", "--host", "127.0.0.1", "--port", str(ports["facade"])],
         }

@@ -24,7 +24,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.helpers import wait_until
+from tests.helpers import create_cr, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -465,11 +465,22 @@ FORBIDDEN = ("Forbidden", "forbidden", " 403", "Not enough permissions")
 
 
 def test_chart_rbac_suffices_for_the_real_operator_and_facade(
-    cluster, crds, namespace, data_root, local_runner, tmp_path, applied
+    cluster,
+    crds,
+    namespace,
+    data_root,
+    local_runner,
+    local_mapserver_port,
+    local_mapserver,
+    local_tilecache_port,
+    local_tilecache,
+    tmp_path,
+    applied,
 ):
     """The operator and the facade run as the chart's ServiceAccounts (their tokens, nothing else)
-    and hack/smoke.sh walks login, dataset, Ready, list, cog-convert job, cleanup: every API call
-    they make is allowed by the chart's RBAC, and none is refused along the way."""
+    and hack/smoke.sh walks login, dataset, Ready, list, cog-convert job, WMS, a tile from the
+    tile cache, a seeding job, cleanup (the operator also creates an automatic seeding job): every
+    API call they make is allowed by the chart's RBAC, and none is refused along the way."""
     from tests.conftest import OperatorProcess, cluster_mod
     from tests.helpers import make_data_volume
 
@@ -477,6 +488,22 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
         pytest.skip("runs the components as local processes against the local control plane")
     applied(render(namespace))
     make_data_volume(cluster.api, namespace, data_root)
+    make_data_volume(cluster.api, namespace, tmp_path / "tiles", name="tile-cache")
+    (tmp_path / "tiles").mkdir()
+    create_cr(
+        cluster.api,
+        namespace,
+        {
+            "apiVersion": "maps.kube-mapserver.io/v1alpha1",
+            "kind": "MapService",
+            "metadata": {"name": "rbac"},
+            "spec": {
+                "datasetSelector": {"matchLabels": {"rbac": "chart"}},
+                "data": {"persistentVolumeClaim": "map-data"},
+                "tileCache": {"storage": {"persistentVolumeClaim": "tile-cache"}, "seed": {"maxZoom": 1}},
+            },
+        },
+    )
     op_cfg = sa_kubeconfig(
         cluster, namespace, f"{namespace}-kube-mapserver-operator", tmp_path / "op.kubeconfig"
     )
@@ -489,6 +516,8 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
         tmp_path / "operator.log",
         KMS_DEBOUNCE_SECONDS="0.2",
         KMS_LEASE_NAMESPACE=namespace,
+        KMS_SERVICE_URL_TEMPLATE=f"http://127.0.0.1:{local_mapserver_port}/{{namespace}}/{{name}}/",
+        KMS_TILES_URL_TEMPLATE=f"http://127.0.0.1:{local_tilecache_port}/{{namespace}}/{{name}}/",
     )
     operator.start()
     facade_log = tmp_path / "facade.log"
@@ -531,7 +560,7 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
                 "KMS_URL": f"http://127.0.0.1:{port}",
                 "KMS_PASSWORD": password,
                 "SMOKE_LABELS": "rbac=chart",
-                "SMOKE_WMS": "0",
+                "SMOKE_REQUIRE_WMS": "1",
                 "SMOKE_TIMEOUT": "90",
                 "PYTHON": py,
             },
@@ -544,7 +573,18 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
             + "\n".join(facade_log.read_text(errors="replace").splitlines()[-40:])
         )
         assert smoke.returncode == 0, logs
-        assert "SMOKE PASSED" in smoke.stderr, logs
+        assert "SMOKE PASSED" in smoke.stderr and "tile from the tile cache" in smoke.stderr, logs
+        auto = "maps.kube-mapserver.io/automatic=true"
+        wait_until(
+            lambda: any(
+                (j.get("status") or {}).get("phase") == "Succeeded"
+                for j in client.CustomObjectsApi(cluster.api).list_namespaced_custom_object(
+                    "maps.kube-mapserver.io", "v1alpha1", namespace, "mapjobs", label_selector=auto
+                )["items"]
+            ),
+            "an automatic cache job of the operator succeeded",
+            90,
+        )
         for name, text in (("operator", operator.log_path.read_text()), ("facade", facade_log.read_text())):
             refused = [line for line in text.splitlines() if any(f in line for f in FORBIDDEN)]
             assert not refused, f"the {name} was refused by RBAC:\n" + "\n".join(refused[:20])

@@ -138,6 +138,13 @@ def test_tiles_are_rendered_once_then_served_from_the_cache(stack):
     wgs84 = status["tms"].format(dataset="sst", grid="WGS84", z=0, x=0, y=0)
     assert httpx.get(wgs84, timeout=30).headers["content-type"] == "image/png"
 
+    def health():
+        body = httpx.get(f"{s['facade'].url}/health", timeout=30).json()
+        comps = {c["name"]: c for c in body["components"]}
+        return comps.get("tilecache/tiles", {}).get("status") == "ok" and comps["tilecache/tiles"]
+
+    assert "1 tilesets" in wait_until(health, "the tile cache in /health", 30)["detail"]
+
 
 def test_seeded_tile_equals_the_rendered_one_and_purge_removes_tiles(stack):
     s = stack

@@ -75,6 +75,16 @@ def check_services(ctx: Context) -> list[Component]:
         state = "ok" if ready.get("status") == "True" else "degraded"
         detail = f"{ready.get('reason') or 'NotReconciled'}: {ready.get('message') or ''}".strip(": ")
         out.append(Component(name=f"mapservice/{svc['metadata']['name']}", status=state, detail=detail))
+        tiles = (svc.get("status") or {}).get("tileCache")
+        if tiles:  # its tile cache, when it has one: ready pods of the MapCache Deployment
+            ready_pods = tiles.get("readyReplicas") or 0
+            out.append(
+                Component(
+                    name=f"tilecache/{svc['metadata']['name']}",
+                    status="ok" if ready_pods else "degraded",
+                    detail=f"{ready_pods} ready, {tiles.get('tilesets', 0)} tilesets",
+                )
+            )
     return out
 
 

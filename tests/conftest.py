@@ -233,6 +233,20 @@ def _hack_process(log_path: Path, script: str, *args: str) -> subprocess.Popen:
         )
 
 
+def _answers(base: str) -> bool:
+    """Something answers HTTP at base (any status: a 404 for "/" is an answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(base + "/", timeout=2)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def _stop(proc: subprocess.Popen, grace: float = 10) -> None:
     proc.terminate()
     try:
@@ -250,9 +264,6 @@ def local_mapserver_port() -> int:
 @pytest.fixture(scope="session")
 def local_mapserver(cluster: Cluster, local_mapserver_port: int, tmp_path_factory) -> Iterator[str]:
     """hack/local_mapserver.py: serves each MapService's current mapfile with real MapServer."""
-    import urllib.error
-    import urllib.request
-
     proc = _hack_process(
         tmp_path_factory.mktemp("mapserver") / "local-mapserver.log",
         "local_mapserver.py",
@@ -262,16 +273,8 @@ def local_mapserver(cluster: Cluster, local_mapserver_port: int, tmp_path_factor
         str(local_mapserver_port),
     )
     base = f"http://127.0.0.1:{local_mapserver_port}"
-
-    def up() -> bool:
-        try:
-            urllib.request.urlopen(base + "/", timeout=2)
-        except urllib.error.HTTPError:
-            return True  # 404 for "/" means it answers
-        return True
-
     try:
-        wait_until(up, "local mapserver listening", timeout=30)
+        wait_until(lambda: _answers(base), "local mapserver listening", timeout=30)
         yield base
     finally:
         _stop(proc)
@@ -286,9 +289,6 @@ def local_tilecache_port() -> int:
 @pytest.fixture(scope="session")
 def local_tilecache(cluster: Cluster, local_tilecache_port: int, tmp_path_factory) -> Iterator[str]:
     """hack/local_tilecache.py: real MapCache for every MapService tile cache, on loopback."""
-    import urllib.error
-    import urllib.request
-
     tmp = tmp_path_factory.mktemp("tilecache")
     proc = _hack_process(
         tmp / "local-tilecache.log",
@@ -301,18 +301,8 @@ def local_tilecache(cluster: Cluster, local_tilecache_port: int, tmp_path_factor
         str(tmp / "state"),
     )
     base = f"http://127.0.0.1:{local_tilecache_port}"
-
-    def up() -> bool:
-        try:
-            urllib.request.urlopen(base + "/", timeout=2)
-        except urllib.error.HTTPError:
-            return True  # 404 for "/" means it answers
-        except OSError:
-            return False
-        return True
-
     try:
-        wait_until(up, "local tile cache listening", timeout=30)
+        wait_until(lambda: _answers(base), "local tile cache listening", timeout=30)
         yield base
     finally:
         _stop(proc)

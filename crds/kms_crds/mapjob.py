@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, model_validator
 
 from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta, Resources
+from .mapservice import SeedPolicy
 
 DEFAULT_JOB_IMAGE = "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
 
@@ -136,47 +137,13 @@ ServiceName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0
 CACHE_GRIDS = ("GoogleMapsCompatible", "WGS84")
 
 
-class CacheSeed(KModel):
+class CacheSeed(SeedPolicy):
     """Fill a MapService's tile cache (its MapCache seeder) for datasets, zoom levels and an area."""
 
     service: ServiceName = Field(description="MapService whose tile cache is seeded.")
     datasets: list[DatasetName] | None = Field(
         None, max_length=1000, description="Datasets to seed (default: every dataset the service serves)."
     )
-    grid: str = Field(
-        "GoogleMapsCompatible", pattern=r"^(GoogleMapsCompatible|WGS84)$", description="Grid to seed."
-    )
-    min_zoom: int = Field(0, ge=0, le=18, description="First zoom level.")
-    max_zoom: int = Field(ge=0, le=18, description="Last zoom level (at most 18; 17 on the WGS84 grid).")
-    extent: list[float] | None = Field(
-        None,
-        min_length=4,
-        max_length=4,
-        description="Area in EPSG:4326 [minLon, minLat, maxLon, maxLat] (default: each dataset's extent).",
-    )
-    threads: int = Field(2, ge=1, le=8, description="Concurrent tile requests.")
-
-    model_config = KModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {"rule": "self.minZoom <= self.maxZoom", "message": "minZoom must not exceed maxZoom"},
-                {
-                    "rule": "!has(self.extent) || "
-                    "(self.extent[0] < self.extent[2] && self.extent[1] < self.extent[3])",
-                    "message": "extent must be [minLon, minLat, maxLon, maxLat] with min < max",
-                },
-            ]
-        }
-    }
-
-    @model_validator(mode="after")
-    def _ranges(self) -> CacheSeed:
-        if self.min_zoom > self.max_zoom:
-            raise ValueError("minZoom must not exceed maxZoom")
-        e = self.extent
-        if e is not None and not (e[0] < e[2] and e[1] < e[3]):
-            raise ValueError("extent must be [minLon, minLat, maxLon, maxLat] with min < max")
-        return self
 
 
 class CachePurge(KModel):

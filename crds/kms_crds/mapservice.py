@@ -174,7 +174,8 @@ class CacheStorage(KModel):
 
 
 class SeedPolicy(KModel):
-    """Seed each served dataset's tiles automatically when it appears or changes."""
+    """What to seed: a grid, zoom levels and an area (a service's seed policy seeds each served
+    dataset this way when it appears or changes; a cache-seed MapJob adds the service and datasets)."""
 
     grid: TileGrid = Field(TileGrid.GoogleMapsCompatible, description="Grid to seed.")
     min_zoom: int = Field(0, ge=0, le=18, description="First zoom level to seed.")
@@ -183,18 +184,18 @@ class SeedPolicy(KModel):
         None,
         min_length=4,
         max_length=4,
-        description="Area to seed in EPSG:4326 [minLon, minLat, maxLon, maxLat] (default: each dataset's).",
+        description="Area in EPSG:4326 [minLon, minLat, maxLon, maxLat] (default: the datasets' extent).",
     )
     threads: int = Field(2, ge=1, le=8, description="Concurrent tile requests of the seeder.")
 
     model_config = KModel.model_config | {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                {"rule": "self.minZoom <= self.maxZoom", "message": "seed.minZoom must not exceed maxZoom"},
+                {"rule": "self.minZoom <= self.maxZoom", "message": "minZoom must not exceed maxZoom"},
                 {
                     "rule": "!has(self.extent) || "
                     "(self.extent[0] < self.extent[2] && self.extent[1] < self.extent[3])",
-                    "message": "seed.extent must be [minLon, minLat, maxLon, maxLat] with min < max",
+                    "message": "extent must be [minLon, minLat, maxLon, maxLat] with min < max",
                 },
             ]
         }
@@ -203,10 +204,10 @@ class SeedPolicy(KModel):
     @model_validator(mode="after")
     def _ranges(self) -> SeedPolicy:
         if self.min_zoom > self.max_zoom:
-            raise ValueError("seed.minZoom must not exceed maxZoom")
+            raise ValueError("minZoom must not exceed maxZoom")
         e = self.extent
         if e is not None and not (e[0] < e[2] and e[1] < e[3]):
-            raise ValueError("seed.extent must be [minLon, minLat, maxLon, maxLat] with min < max")
+            raise ValueError("extent must be [minLon, minLat, maxLon, maxLat] with min < max")
         return self
 
 

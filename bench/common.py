@@ -10,13 +10,14 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 REPO = Path(__file__).resolve().parents[1]
 PY = str(REPO / ".venv" / "bin" / "python")
@@ -125,6 +126,9 @@ class Plane:
     def get(self, ns: str, plural: str, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
 
+    def ready_counter(self, ns: str) -> ReadyCounter:
+        return ReadyCounter(self, ns)
+
     def apiserver_metrics(self) -> str:
         import ssl
 
@@ -156,6 +160,67 @@ class Plane:
         return out
 
 
+def _is_ready(obj: dict) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions") or []
+    )
+
+
+class ReadyCounter:
+    """How many MapDatasets of a namespace are Ready, kept from a watch: polling a LIST of 10,000
+    objects several times a second would load the apiserver (and the 2 cores the operator runs
+    on) far more than the operator under test."""
+
+    def __init__(self, plane: Plane, ns: str):
+        self.plane, self.ns = plane, ns
+        self.ready: dict[str, bool] = {}
+        self._stop = threading.Event()
+        self._watch: watch.Watch | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"ready-{ns}")
+        self._thread.start()
+
+    @property
+    def count(self) -> int:
+        return sum(self.ready.values())
+
+    def _run(self) -> None:
+        custom = self.plane.custom
+        while not self._stop.is_set():
+            try:
+                listing = custom.list_namespaced_custom_object(GROUP, VERSION, self.ns, "mapdatasets")
+                self.ready = {d["metadata"]["name"]: _is_ready(d) for d in listing["items"]}
+                rv = listing["metadata"]["resourceVersion"]
+                while not self._stop.is_set():
+                    self._watch = watch.Watch()
+                    for ev in self._watch.stream(
+                        custom.list_namespaced_custom_object,
+                        GROUP,
+                        VERSION,
+                        self.ns,
+                        "mapdatasets",
+                        resource_version=rv,
+                        timeout_seconds=60,
+                    ):
+                        obj = ev["object"]
+                        if ev["type"] == "ERROR":
+                            raise RuntimeError(obj)
+                        rv = obj["metadata"]["resourceVersion"]
+                        if ev["type"] == "DELETED":
+                            self.ready.pop(obj["metadata"]["name"], None)
+                        elif ev["type"] in ("ADDED", "MODIFIED"):
+                            self.ready[obj["metadata"]["name"]] = _is_ready(obj)
+            except Exception as e:  # expired resourceVersion, dropped connection: list again
+                if not self._stop.is_set():
+                    log(f"  ready counter of {self.ns}: {type(e).__name__}, listing again")
+                    time.sleep(1)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watch:
+            self._watch.stop()
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -164,8 +229,11 @@ def rss_mb(pid: int) -> float:
 
 
 class Operator:
-    def __init__(self, kubeconfig: Path, data_root: Path, logfile: Path, **env: str):
+    def __init__(
+        self, kubeconfig: Path, data_root: Path, logfile: Path, args: tuple[str, ...] = (), **env: str
+    ):
         self.kubeconfig, self.data_root, self.logfile, self.env = kubeconfig, data_root, logfile, env
+        self.args = list(args)
         self.proc: subprocess.Popen | None = None
         self.metrics_port = cluster_mod.free_port()
         self.liveness_port = cluster_mod.free_port()
@@ -181,7 +249,14 @@ class Operator:
         }
         with open(self.logfile, "ab") as out:
             self.proc = subprocess.Popen(
-                [PY, "-m", "kms_operator", "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"],
+                [
+                    PY,
+                    "-m",
+                    "kms_operator",
+                    "--liveness",
+                    f"http://127.0.0.1:{self.liveness_port}/healthz",
+                    *self.args,
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,

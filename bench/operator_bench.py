@@ -26,12 +26,25 @@ OUR_RESOURCES = {
 
 
 def ready_count(plane: Plane, ns: str) -> int:
+    """Ready datasets by a LIST (one-off checks; waits use Plane.ready_counter, a watch)."""
     n = 0
     for d in plane.list(ns, "mapdatasets"):
         for c in (d.get("status") or {}).get("conditions") or []:
             if c["type"] == "Ready" and c["status"] == "True":
                 n += 1
     return n
+
+
+def wait_ready(plane: Plane, ns: str, n: int, timeout: float) -> None:
+    """Until n datasets of ns are Ready (counted from a watch; LIST-checked once at the end)."""
+    counter = plane.ready_counter(ns)
+    try:
+        wait(lambda: counter.count >= n, f"{n} datasets Ready", timeout=timeout, interval=0.1)
+    finally:
+        counter.close()
+    got = ready_count(plane, ns)
+    if got < n:
+        raise AssertionError(f"the watch counted {n} Ready datasets, a LIST {got}")
 
 
 def mapfile_layers(plane: Plane, ns: str, service: str) -> int:
@@ -43,18 +56,29 @@ def mapfile_layers(plane: Plane, ns: str, service: str) -> int:
     return mapfile_from_configmap(cm.data, cm.binary_data).count("\n  LAYER\n")
 
 
-def bulk_apply(plane: Plane, n: int, path: str) -> dict:
+def bulk_apply(plane: Plane, n: int, path: str, timeout: float | None = None) -> dict:
     """Apply n datasets + one service selecting them; time until all Ready and n layers served."""
     ns = plane.namespace(f"bulk-{n}")
+    timeout = timeout or max(120, n * 0.5)
+    counter = plane.ready_counter(ns)  # from before the first create: no event is missed
     t0 = time.monotonic()
     plane.create(ns, "mapservices", service_body("svc", {"bulk": "yes"}))
     bodies = [dataset_body(f"d{i:05d}", path, {"bulk": "yes"}) for i in range(n)]
     plane.create_many(ns, "mapdatasets", bodies)
     t_created = time.monotonic() - t0
     log(f"  {n} datasets created in {t_created:.1f}s; waiting for Ready and {n} layers")
-    wait(lambda: ready_count(plane, ns) == n, f"{n} datasets Ready", timeout=max(120, n * 0.5))
+    try:
+        wait(lambda: counter.count >= n, f"{n} datasets Ready", timeout=timeout - t_created, interval=0.1)
+    finally:
+        counter.close()
     t_ready = time.monotonic() - t0
-    wait(lambda: mapfile_layers(plane, ns, "svc") == n, f"mapfile with {n} layers", timeout=max(120, n * 0.5))
+    assert ready_count(plane, ns) == n
+    wait(
+        lambda: mapfile_layers(plane, ns, "svc") == n,
+        f"mapfile with {n} layers",
+        timeout=max(10, timeout - t_ready),
+        interval=0.25 if n <= 1000 else 1,
+    )
     t_served = time.monotonic() - t0
     return {"n": n, "created_s": t_created, "all_ready_s": t_ready, "all_served_s": t_served, "namespace": ns}
 
@@ -118,7 +142,9 @@ def rerenders(plane: Plane, operator: Operator, ns: str) -> dict:
     return {s: after[s] - before[s] for s in after}
 
 
-def run(plane: Plane, workdir, sizes: list[int], data_root, path: str) -> dict:
+def run(
+    plane: Plane, workdir, sizes: list[int], data_root, path: str, bulk_timeout: float | None = None
+) -> dict:
     results: dict = {"bulk": [], "notes": []}
     op = Operator(plane.kubeconfig, data_root, workdir / "operator.log")
     op.start()
@@ -126,7 +152,7 @@ def run(plane: Plane, workdir, sizes: list[int], data_root, path: str) -> dict:
         big_ns = None
         for n in sizes:
             log(f"bulk apply of {n} datasets")
-            r = bulk_apply(plane, n, path)
+            r = bulk_apply(plane, n, path, bulk_timeout)
             r["operator_rss_mb"] = rss_mb(op.proc.pid)
             log(
                 f"  all Ready {r['all_ready_s']:.1f}s, served {r['all_served_s']:.1f}s, "
@@ -152,16 +178,17 @@ def run(plane: Plane, workdir, sizes: list[int], data_root, path: str) -> dict:
     return results
 
 
-def rss_at(plane: Plane, workdir, data_root, path: str, n: int) -> float:
-    """Operator RSS after it has processed n datasets."""
-    op = Operator(plane.kubeconfig, data_root, workdir / "operator-rss.log")
+def rss_at(plane: Plane, workdir, data_root, path: str, n: int, timeout: float | None = None) -> float:
+    """Operator RSS after it has processed n datasets: an operator watching only this namespace,
+    so it holds these n datasets and not also those the other benchmarks left in the cluster."""
+    ns = plane.namespace(f"rss-{n}")
+    op = Operator(plane.kubeconfig, data_root, workdir / "operator-rss.log", args=("--namespace", ns))
     op.start()
     try:
-        ns = plane.namespace(f"rss-{n}")
         plane.create(ns, "mapservices", service_body("svc", {"rss": "yes"}))
         bodies = [dataset_body(f"r{i:05d}", path, {"rss": "yes"}) for i in range(n)]
         plane.create_many(ns, "mapdatasets", bodies, workers=16)
-        wait(lambda: ready_count(plane, ns) == n, f"{n} datasets Ready", timeout=n * 0.5)
+        wait_ready(plane, ns, n, timeout=timeout or max(120, n * 0.5))
         time.sleep(2)
         return rss_mb(op.proc.pid)
     finally:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
+import gc
 import logging
 from typing import Any
 
@@ -55,7 +59,26 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
     settings.execution.max_workers = 8
     OP = Operator(Kube.from_environment(timeout=s.request_timeout), s)
+    # what exists now (modules, classes, settings) lives as long as the process: keep it out of
+    # the collector's full passes, which otherwise walk it again and again during a burst
+    gc.freeze()
+    OP.background.append(asyncio.get_running_loop().create_task(_return_freed_memory()))
     log.info("kube-mapserver operator configured: data root %s", s.data_root)
+
+
+async def _return_freed_memory(period: float = 10.0) -> None:
+    """Give memory freed after a burst back to the OS. A burst of thousands of objects (a bulk
+    apply, a resync) allocates and frees tens of MB of bodies, patches and TLS buffers; glibc keeps
+    freed chunks in its heaps, so without this the process keeps its peak size for good."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    while True:
+        await asyncio.sleep(period)
+        trim(0)  # (no gc.collect() here: with thousands of objects in flight it costs seconds)
 
 
 @kopf.on.login()

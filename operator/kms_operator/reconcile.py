@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pydantic import ValidationError
 
@@ -32,20 +36,80 @@ RENDER_STATUS_FIELDS = ("extent", "wgs84Bbox", "geometryType", "bandCount", "val
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
 # GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
 GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
+# API calls of service reconciles get their own threads: during a bulk apply thousands of dataset
+# status patches and Events wait for the default executor, and a service selecting them all would
+# otherwise wait behind every one of them before it can roll out its new mapfile.
+SERVICE_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="service-api")
+_SERVICE_LANE: contextvars.ContextVar[bool] = contextvars.ContextVar("kms_service_lane", default=False)
+
+
+class DatasetSnapshot(dict):
+    """A MapDataset as the operator keeps it in memory (the index value), compact: spec and status
+    are held as JSON bytes and decoded (a fresh copy) when read as snapshot["spec"] / ["status"].
+    Ten thousand datasets as nested dicts are ~150 objects each, allocated one by one between the
+    transient objects of a burst: they cost ~20 KB a dataset and keep the allocator from giving
+    memory back. What the hot paths need (readiness, the render key part) is kept decoded."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str):
+        if key == "spec" or key == "status":
+            return json.loads(dict.__getitem__(self, "_" + key))
+        raise KeyError(key)
+
+
+def _compact(value: Mapping | None) -> bytes:
+    return json.dumps(value or {}, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def dataset_snapshot(body: Mapping) -> dict:
-    """What the operator keeps in memory about a MapDataset (the index value)."""
+    """What the operator keeps in memory about a MapDataset (the index value). A new snapshot is
+    made on every change of the object."""
     meta = body.get("metadata", {})
-    return {
-        "name": meta.get("name"),
-        "uid": meta.get("uid"),
-        "generation": meta.get("generation"),
-        "labels": dict(meta.get("labels") or {}),
-        "deleting": bool(meta.get("deletionTimestamp")),
-        "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
-    }
+    status = body.get("status") or {}
+    ready = get_condition(status, "Ready") or {}
+    snap = DatasetSnapshot(
+        name=meta.get("name"),
+        uid=meta.get("uid"),
+        rv=meta.get("resourceVersion"),
+        generation=meta.get("generation"),
+        labels=dict(meta.get("labels") or {}),
+        deleting=bool(meta.get("deletionTimestamp")),
+        _spec=_compact(body.get("spec")),
+        _status=_compact(status),
+        # the Ready condition: (status, reason, observedGeneration), or None without one
+        _ready=(ready.get("status"), ready.get("reason"), ready.get("observedGeneration")) if ready else None,
+    )
+    snap["_render"] = (
+        snap["name"],
+        snap["generation"],
+        ready.get("status"),
+        ready.get("reason"),
+        ready.get("observedGeneration"),
+        json.dumps([status.get(k) for k in RENDER_STATUS_FIELDS], sort_keys=True),
+    )
+    return snap
+
+
+class _SlimSpec(NamedTuple):
+    identifier: str
+    title: str | None
+
+
+class _SlimStatus(NamedTuple):
+    wgs84_bbox: list[float] | None
+
+
+class _SlimInput(NamedTuple):
+    """What is kept of a DatasetInput once its mapfile is built (name, layer, title, bbox)."""
+
+    name: str
+    spec: _SlimSpec
+    status: _SlimStatus
+
+
+def _slim(d: DatasetInput) -> _SlimInput:
+    return _SlimInput(d.name, _SlimSpec(d.spec.identifier, d.spec.title), _SlimStatus(d.status.wgs84_bbox))
 
 
 def service_snapshot(body: Mapping) -> dict:
@@ -54,12 +118,17 @@ def service_snapshot(body: Mapping) -> dict:
         "name": meta.get("name"),
         "uid": meta.get("uid"),
         "deleting": bool(meta.get("deletionTimestamp")),
+        "generation": meta.get("generation"),
         "spec": dict(body.get("spec") or {}),
-        "datasets": list((body.get("status") or {}).get("datasets") or []),
+        # only ever tested for membership: a set (a 10,000-name list scanned per dataset event is slow)
+        "datasets": frozenset((body.get("status") or {}).get("datasets") or []),
     }
 
 
 def is_ready(snapshot: dict) -> bool:
+    if "_ready" in snapshot:
+        ready = snapshot["_ready"]
+        return bool(ready and ready[0] == "True" and ready[2] == snapshot["generation"])
     ready = get_condition(snapshot["status"], "Ready")
     return bool(
         ready and ready.get("status") == "True" and ready.get("observedGeneration") == snapshot["generation"]
@@ -67,15 +136,66 @@ def is_ready(snapshot: dict) -> bool:
 
 
 def selector_of(service: dict) -> LabelSelector:
-    return LabelSelector.model_validate(service["spec"].get("datasetSelector") or {})
+    """The service's parsed dataset selector (parsed once per service snapshot)."""
+    sel = service.get("_selector")
+    if sel is None:
+        sel = LabelSelector.model_validate(service["spec"].get("datasetSelector") or {})
+        service["_selector"] = sel
+    return sel
+
+
+def service_spec_of(service: dict) -> MapServiceSpec:
+    """The service's parsed spec (parsed once per service snapshot)."""
+    spec = service.get("_model")
+    if spec is None:
+        spec = service["_model"] = MapServiceSpec.model_validate(service["spec"])
+    return spec
+
+
+def render_part(d: dict) -> tuple:
+    """What the mapfile depends on of one dataset snapshot: its generation, readiness and
+    inspected shape (not servedBy, url or timestamps). Computed when the snapshot is made."""
+    return d["_render"]
+
+
+def _pending(d: dict) -> bool:
+    """Selected but not inspected (for its generation) yet."""
+    ready = d["_ready"]
+    return not ready or ready[2] != d["generation"]
+
+
+def parsed_dataset(d: dict) -> tuple[MapDatasetSpec, MapDatasetStatus] | None:
+    """The snapshot's spec and status as models (None when invalid)."""
+    try:
+        return MapDatasetSpec.model_validate(d["spec"]), MapDatasetStatus.model_validate(d["status"])
+    except ValidationError:
+        return None
+
+
+def services_context(services: Iterable[dict]) -> tuple:
+    """Identity of the services of a namespace as far as a dataset's servedBy, url and tile
+    cache depend on them."""
+    return tuple(sorted((s["name"], s["uid"], s.get("generation"), s["deleting"]) for s in services))
 
 
 class Debouncer:
     """Coalesce bursts of requests per key into one run; rerun when asked again meanwhile;
     retry failures with capped exponential backoff."""
 
-    def __init__(self, name: str, delay: float, run: Callable[[Key], Awaitable[None]], retries: int = 8):
+    def __init__(
+        self,
+        name: str,
+        delay: float,
+        run: Callable[[Key], Awaitable[float | None]],
+        retries: int = 8,
+        pace: float = 0.0,
+    ):
         self.name, self.delay, self.run, self.retries = name, delay, run, retries
+        # A run may return the CPU seconds it spent on the event loop (not the time it waited for
+        # the API); the next run of that key then waits at least pace times that. A key asked for
+        # continuously (a service selecting thousands of datasets, during a bulk apply) then takes
+        # at most 1 / (1 + pace) of the event loop instead of all of it.
+        self.pace = pace
         self.tasks: dict[Key, asyncio.Task] = {}
         self.dirty: set[Key] = set()
 
@@ -86,12 +206,12 @@ class Debouncer:
 
     async def _loop(self, key: Key) -> None:
         try:
-            failures = 0
+            failures, cost = 0, 0.0
             while key in self.dirty:
-                await asyncio.sleep(self.delay)
+                await asyncio.sleep(max(self.delay, min(30.0, self.pace * cost)))
                 self.dirty.discard(key)
                 try:
-                    await self.run(key)
+                    cost = await self.run(key) or 0.0
                     failures = 0
                 except Exception as e:
                     failures += 1
@@ -102,6 +222,61 @@ class Debouncer:
                     await asyncio.sleep(min(30.0, 0.5 * 2**failures))
         finally:
             self.tasks.pop(key, None)
+
+    async def idle(self, timeout: float = 30) -> None:
+        """Wait until no request is pending (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+
+class BatchQueue:
+    """Per-object requests coalesced into one batch per namespace: one task per namespace (not one
+    per object), and the batch runner looks the namespace's objects up once per batch. Objects
+    that failed are retried with capped exponential backoff."""
+
+    def __init__(
+        self,
+        name: str,
+        delay: float,
+        run: Callable[[str, set[str]], Awaitable[dict[str, Exception]]],
+        retries: int = 8,
+    ):
+        self.name, self.delay, self.run, self.retries = name, delay, run, retries
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.pending: dict[str, set[str]] = {}
+        self.failures: dict[Key, int] = {}
+
+    def request(self, key: Key) -> None:
+        ns, name = key
+        self.pending.setdefault(ns, set()).add(name)
+        if ns not in self.tasks:
+            self.tasks[ns] = asyncio.get_running_loop().create_task(self._loop(ns))
+
+    async def _loop(self, ns: str) -> None:
+        try:
+            while self.pending.get(ns):
+                await asyncio.sleep(self.delay)
+                names = self.pending.pop(ns, set())
+                try:
+                    failed = await self.run(ns, names)
+                except Exception as e:  # the batch as a whole: retry all of it
+                    failed = dict.fromkeys(names, e)
+                for name in names - failed.keys():
+                    self.failures.pop((ns, name), None)
+                backoff = 0
+                for name, e in failed.items():
+                    n = self.failures[(ns, name)] = self.failures.get((ns, name), 0) + 1
+                    log.warning("%s %s/%s failed (%d/%d): %s", self.name, ns, name, n, self.retries, e)
+                    if n >= self.retries:
+                        self.failures.pop((ns, name), None)
+                        continue
+                    self.pending.setdefault(ns, set()).add(name)
+                    backoff = max(backoff, n)
+                if backoff:
+                    await asyncio.sleep(min(30.0, 0.5 * 2**backoff))
+        finally:
+            self.tasks.pop(ns, None)
 
     async def idle(self, timeout: float = 30) -> None:
         """Wait until no request is pending (tests, shutdown)."""
@@ -122,11 +297,18 @@ class Operator:
     inspections: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (uid, generation) -> result
     pending_since: dict[Key, float] = field(default_factory=dict)
     rendered: dict[Key, tuple] = field(default_factory=dict)  # last render per service, keyed by its inputs
+    # per namespace: dataset name -> (resourceVersion, services context) when its servedBy, url and
+    # tileCache were last found right: a service reconcile re-checks only datasets changed since
+    served_checked: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    # CPU seconds the last reconcile of a service spent on the event loop (render key, selection,
+    # mapfile, servedBy checks): paces its queue
+    service_cost: dict[Key, float] = field(default_factory=dict)
+    background: list[asyncio.Task] = field(default_factory=list)  # housekeeping tasks
 
     def __post_init__(self) -> None:
         delay = self.settings.debounce_seconds
-        self.service_queue = Debouncer("service reconcile", delay, self._service_from_queue)
-        self.served_queue = Debouncer("dataset servedBy", delay, self._served_from_queue)
+        self.service_queue = Debouncer("service reconcile", delay, self._service_from_queue, pace=2.0)
+        self.served_queue = BatchQueue("dataset servedBy", delay, self._served_batch)
         from .mapjobs import MapJobs
 
         self.mapjobs = MapJobs(self)
@@ -144,6 +326,10 @@ class Operator:
         return list(self.services.get(namespace, []))
 
     async def call(self, fn, *args, **kwargs):
+        if _SERVICE_LANE.get():
+            return await asyncio.get_running_loop().run_in_executor(
+                SERVICE_EXECUTOR, functools.partial(fn, *args, **kwargs)
+            )
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     # ---------------------------------------------------------------- datasets
@@ -223,19 +409,25 @@ class Operator:
         RECONCILE_SECONDS.labels(kind="MapDataset").observe(time.monotonic() - t0)
 
     def _served_status(
-        self, ns: str, name: str, dataset_labels: dict, ready: bool, spec: Mapping, status: Mapping
+        self,
+        ns: str,
+        name: str,
+        dataset_labels: dict,
+        ready: bool,
+        spec: Mapping,
+        status: Mapping,
+        services: list[dict] | None = None,
     ) -> dict:
+        services = self.services_in(ns) if services is None else services
         served = []
         if ready:
             served = sorted(
-                s["name"]
-                for s in self.services_in(ns)
-                if not s["deleting"] and selector_of(s).matches(dataset_labels)
+                s["name"] for s in services if not s["deleting"] and selector_of(s).matches(dataset_labels)
             )
         out: dict = {"servedBy": served, "url": None, "tileCache": None}
-        specs = {s["name"]: s["spec"] for s in self.services_in(ns) if s["name"] in served}
+        snaps = {s["name"]: s for s in services if s["name"] in served}
         for i, service in enumerate(served):
-            svc = MapServiceSpec.model_validate(specs[service])
+            svc = service_spec_of(snaps[service])
             if i == 0:
                 out["url"] = builders.service_url(service, ns, svc, self.settings.service_url_template)
                 out["url"] += "?SERVICE=WMS&REQUEST=GetCapabilities"
@@ -256,16 +448,59 @@ class Operator:
                 break
         return out
 
-    async def _served_from_queue(self, key: Key) -> None:
-        ns, name = key
-        snap = next((d for d in self.datasets_in(ns) if d["name"] == name), None)
-        if snap is None or snap["deleting"]:
-            return
-        want = self._served_status(ns, name, snap["labels"], is_ready(snap), snap["spec"], snap["status"])
-        have = {k: snap["status"].get(k) for k in want}
+    def _served_patch(self, ns: str, snap: dict, services: list[dict]) -> dict | None:
+        """The status patch that sets the dataset's servedBy, url and tileCache right, if needed."""
+        status = snap["status"]  # (decoded once: a snapshot decodes it on every read)
+        want = self._served_status(
+            ns, snap["name"], snap["labels"], is_ready(snap), snap["spec"], status, services
+        )
+        have = {k: status.get(k) for k in want}
         have["servedBy"] = have["servedBy"] or []
-        if want != have:
-            await self.call(self.kube.patch_status, API_VERSION, "MapDataset", ns, name, want)
+        return want if want != have else None
+
+    async def _served_batch(self, ns: str, names: set[str]) -> dict[str, Exception]:
+        """Check (and patch) servedBy, url and tileCache of these datasets; the failures by name."""
+        wanted = {d["name"]: d for d in self.datasets_in(ns) if d["name"] in names}
+        services = self.services_in(ns)
+        patches = []
+        for name in sorted(wanted):
+            snap = wanted[name]
+            if not snap["deleting"]:
+                patch = self._served_patch(ns, snap, services)
+                if patch is not None:
+                    patches.append((name, patch))
+        failed: dict[str, Exception] = {}
+        limit = asyncio.Semaphore(8)
+
+        async def one(name: str, patch: dict) -> None:
+            async with limit:
+                try:
+                    await self.call(self.kube.patch_status, API_VERSION, "MapDataset", ns, name, patch)
+                except Exception as e:
+                    failed[name] = e
+
+        await asyncio.gather(*(one(n, p) for n, p in patches))
+        return failed
+
+    def _check_served(self, ns: str, candidates: Iterable[dict]) -> None:
+        """Queue a servedBy check for those datasets whose servedBy, url or tileCache is not what
+        the services now make it. A dataset found right is not looked at again until it or the
+        namespace's services change."""
+        services = self.services_in(ns)
+        ctx = services_context(services)
+        checked = self.served_checked.setdefault(ns, {})
+        for d in candidates:
+            name = d["name"]
+            if checked.get(name) == (d["rv"], ctx) or d["deleting"]:
+                continue
+            if self._served_patch(ns, d, services) is None:
+                checked[name] = (d["rv"], ctx)
+            else:
+                checked.pop(name, None)
+                self.served_queue.request((ns, name))
+        if len(checked) > 1000 and len(checked) > 2 * len(self.datasets.get(ns, ())):  # deleted ones
+            present = {d["name"] for d in self.datasets_in(ns)}
+            self.served_checked[ns] = {k: v for k, v in checked.items() if k in present}
 
     def notify_services(self, ns: str, dataset: str, dataset_labels: dict) -> None:
         """Queue a re-render of the services that select this dataset now or served it before."""
@@ -283,10 +518,18 @@ class Operator:
 
     # ---------------------------------------------------------------- services
 
-    async def _service_from_queue(self, key: Key) -> None:
+    async def _service_from_queue(self, key: Key) -> float:
         await self.reconcile_service(*key)
+        return self.service_cost.pop(key, 0.0)
 
     async def reconcile_service(self, ns: str, name: str, exclude: set[str] | None = None) -> None:
+        lane = _SERVICE_LANE.set(True)
+        try:
+            await self._reconcile_service_locked(ns, name, exclude)
+        finally:
+            _SERVICE_LANE.reset(lane)
+
+    async def _reconcile_service_locked(self, ns: str, name: str, exclude: set[str] | None) -> None:
         async with self.lock((ns, name)):
             t0 = time.monotonic()
             body = await self.call(self.kube.get, API_VERSION, "MapService", ns, name)
@@ -309,24 +552,14 @@ class Operator:
     def _render_key(self, ns: str, generation: int | None, spec: MapServiceSpec, exclude: set[str]) -> tuple:
         """Everything the mapfile depends on: the service generation and, per selected dataset,
         its generation, readiness and inspected shape (not servedBy, url or timestamps)."""
-        parts = []
-        for d in self.datasets_in(ns):
-            if d["deleting"] or d["name"] in exclude or not spec.dataset_selector.matches(d["labels"]):
-                continue
-            st = d["status"]
-            ready = get_condition(st, "Ready") or {}
-            shape = json.dumps([st.get(k) for k in RENDER_STATUS_FIELDS], sort_keys=True)
-            parts.append(
-                (
-                    d["name"],
-                    d["generation"],
-                    ready.get("status"),
-                    ready.get("reason"),
-                    ready.get("observedGeneration"),
-                    shape,
-                )
-            )
-        return generation, tuple(sorted(parts))
+        matches = spec.dataset_selector.matches
+        parts = [
+            render_part(d)
+            for d in self.datasets_in(ns)
+            if not d["deleting"] and d["name"] not in exclude and matches(d["labels"])
+        ]
+        parts.sort()
+        return generation, tuple(parts)
 
     def _select(
         self, ns: str, spec: MapServiceSpec, exclude: set[str]
@@ -340,18 +573,17 @@ class Operator:
             if d["deleting"] or d["name"] in exclude or not spec.dataset_selector.matches(d["labels"]):
                 continue
             if not is_ready(d):
-                ready = get_condition(d["status"], "Ready")
-                if not ready or ready.get("observedGeneration") != d["generation"]:
+                ready = d["_ready"]
+                if _pending(d):
                     pending.append(d["name"])
                     continue
-                excluded.append(f"{d['name']} ({ready.get('reason') if ready else 'NotInspected'})")
+                excluded.append(f"{d['name']} ({ready[1] if ready else 'NotInspected'})")
                 continue
-            try:
-                ds_spec = MapDatasetSpec.model_validate(d["spec"])
-                ds_status = MapDatasetStatus.model_validate(d["status"])
-            except ValidationError:
+            parsed = parsed_dataset(d)
+            if parsed is None:
                 excluded.append(f"{d['name']} (InvalidSpec)")
                 continue
+            ds_spec, ds_status = parsed
             layer = layer_name(ds_spec.identifier)
             if layer in seen_layers:
                 excluded.append(f"{d['name']} (DuplicateLayerName with {seen_layers[layer]})")
@@ -363,6 +595,7 @@ class Operator:
     async def _reconcile_service(self, body: dict, exclude: set[str]) -> None:
         meta = body["metadata"]
         ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+        t0 = time.thread_time()  # the synchronous parts below are what a selection of 10,000 costs
         old_status = dict(body.get("status") or {})
         ref = _ref(body, "MapService")
         spec = MapServiceSpec.model_validate(body["spec"])
@@ -371,19 +604,43 @@ class Operator:
         key = self._render_key(ns, meta.get("generation"), spec, exclude)
         cached = self.rendered.get((ns, name))
         if cached and cached[0] == key:  # nothing that shapes the mapfile changed: no rebuild
-            _, datasets, excluded, pending, mapfile = cached
+            _, datasets, excluded, pending, packed = cached
             excluded = list(excluded)
+            mapfile = zlib.decompress(packed).decode() if packed else ""
         else:
+            matches = spec.dataset_selector.matches
+            if (
+                any(
+                    _pending(d)
+                    for d in self.datasets_in(ns)
+                    if not d["deleting"] and d["name"] not in exclude and matches(d["labels"])
+                )
+                and time.monotonic() - self.pending_since.setdefault((ns, name), time.monotonic())
+                < PENDING_GRACE
+            ):
+                # some still being inspected (the check below, without parsing every dataset)
+                self.service_queue.request((ns, name))
+                self.service_cost[(ns, name)] = time.thread_time() - t0
+                return
             datasets, excluded, pending = self._select(ns, spec, exclude)
             mapfile = build_mapfile(name, spec, datasets) if not pending else ""
             if not pending:
                 MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
-            self.rendered[(ns, name)] = (key, datasets, list(excluded), pending, mapfile)
+            # kept: the render key, what the status and tile cache need of each dataset, the
+            # mapfile compressed (10,000 layers are ~8 MB of text)
+            self.rendered[(ns, name)] = (
+                key,
+                [_slim(d) for d in datasets] if mapfile else datasets,  # (full: built later)
+                list(excluded),
+                pending,
+                zlib.compress(mapfile.encode(), 1) if mapfile else b"",
+            )
         if pending:
             # Datasets being inspected right now: wait for them (bounded) rather than roll out twice.
             first = self.pending_since.setdefault((ns, name), time.monotonic())
             if time.monotonic() - first < PENDING_GRACE:
                 self.service_queue.request((ns, name))
+                self.service_cost[(ns, name)] = time.thread_time() - t0
                 return
             excluded += [f"{p} (NotInspected)" for p in pending]
         if not mapfile:  # pending datasets waited out: build without them
@@ -393,6 +650,7 @@ class Operator:
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
         digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
         children = builders.build_children(owner, spec, mapfile, config, digest)
+        cost = time.thread_time() - t0
 
         live_deploy = await self.call(self.kube.get, "apps/v1", "Deployment", ns, name)
         created_cm, _ = await self.call(self.kube.apply, children["configmap"])
@@ -476,10 +734,13 @@ class Operator:
             if rolled and (not was or was.get("status") != "True"):
                 await self.call(self.kube.event, ref, "Normal", "Ready", conds[0]["message"])
         # datasets whose servedBy changes because of this service
+        t0 = time.thread_time()
         before = set(old_status.get("datasets") or [])
-        for d in self.datasets_in(ns):
-            if d["name"] in before or spec.dataset_selector.matches(d["labels"]):
-                self.served_queue.request((ns, d["name"]))
+        matches = spec.dataset_selector.matches
+        self._check_served(
+            ns, (d for d in self.datasets_in(ns) if d["name"] in before or matches(d["labels"]))
+        )
+        self.service_cost[(ns, name)] = cost + time.thread_time() - t0
 
     async def _reconcile_tile_cache(
         self,

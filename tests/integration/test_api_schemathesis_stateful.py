@@ -31,6 +31,17 @@ def _names(cluster, ns: str, plural: str) -> set[str]:
     return {o["metadata"]["name"] for o in objs if not o["metadata"].get("deletionTimestamp")}
 
 
+def _calls(fac) -> Counter:
+    """The facade's own request counters: calls by (method, route, status)."""
+    metrics = httpx.get(f"{fac.url}/metrics", timeout=10).text
+    calls: Counter = Counter()
+    for m in re.finditer(
+        r'kms_api_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\S+)', metrics
+    ):
+        calls[(m[1], m[2], int(m[3]))] += int(float(m[4]))
+    return calls
+
+
 def test_stateful_schemathesis_over_the_links_finds_no_server_error(
     cluster, facade_factory, operator_process, tmp_path, capsys
 ):
@@ -67,6 +78,7 @@ def test_stateful_schemathesis_over_the_links_finds_no_server_error(
         "none",
         "--no-color",
     ]
+    before = _calls(fac)
     (tmp_path / "schemathesis.toml").write_text('headers = { Authorization = "Bearer ${KMS_ST_TOKEN}" }\n')
     t0 = time.monotonic()
     try:
@@ -81,12 +93,7 @@ def test_stateful_schemathesis_over_the_links_finds_no_server_error(
         elapsed = time.monotonic() - t0
         out = done.stdout + done.stderr
         # the facade's own request counters: every call schemathesis made, by route and status
-        metrics = httpx.get(f"{fac.url}/metrics", timeout=10).text
-        calls = Counter()
-        for m in re.finditer(
-            r'kms_api_requests_total\{method="(\w+)",route="([^"]+)",status="(\d+)"\} (\S+)', metrics
-        ):
-            calls[(m[1], m[2], int(m[3]))] += int(float(m[4]))
+        calls = _calls(fac) - before  # what schemathesis did, not the fixture's readiness probes
         # what the scenarios created or deleted: the facade's cache agrees with the apiserver
         with fac.client("viewer") as viewer:
 

@@ -40,7 +40,7 @@ class CacheView(ApiModel):
     dataset: str
     state: str = Field(
         description="disabled (no tile cache), on-demand (tiles rendered on first request), seeding, "
-        "seeded (the current version), outdated (seeded for an older version, purged)."
+        "purging, seeded (the current version), outdated (seeded for an older version, purged)."
     )
     service: str | None = None
     version: str | None = Field(None, description="Current cache version of the dataset.")
@@ -76,8 +76,9 @@ def _cache_of(obj: dict) -> dict:
     return tc
 
 
-def _active_jobs(ctx, id: str, service: str) -> list[str]:
-    out = []
+def _active_jobs(ctx, id: str, service: str) -> dict[str, str]:
+    """Cache jobs of this dataset still queued or running: name -> type."""
+    out = {}
     for job in ctx.cr.live(ctx.cr.jobs):
         spec = job.get("spec") or {}
         params = spec.get("cacheSeed") or spec.get("cachePurge")
@@ -86,8 +87,8 @@ def _active_jobs(ctx, id: str, service: str) -> list[str]:
         if params.get("datasets") and id not in params["datasets"]:
             continue
         if (job.get("status") or {}).get("phase") in ACTIVE:
-            out.append(job["metadata"]["name"])
-    return sorted(out)
+            out[job["metadata"]["name"]] = spec.get("type")
+    return dict(sorted(out.items()))
 
 
 @router.get("/{id}/cache", response_model=CacheView, responses=ERRORS, summary="State of the dataset's tiles")
@@ -100,7 +101,9 @@ def cache_state(id: DatasetId, _: ViewerUser, ctx: Ctx) -> dict[str, Any]:
     seeded = status.get("tileCacheSeeded") or None
     current = bool(seeded and seeded.get("version") == tc.get("version"))
     jobs = _active_jobs(ctx, id, tc["service"])
-    if jobs:
+    if "cache-purge" in jobs.values():
+        state = "purging"
+    elif jobs:
         state = "seeding"
     elif current:
         state = "seeded"
@@ -117,7 +120,7 @@ def cache_state(id: DatasetId, _: ViewerUser, ctx: Ctx) -> dict[str, Any]:
         "seeded": seeded,
         "xyz": tc.get("xyz"),
         "wmts": tc.get("wmts"),
-        "jobs": jobs,
+        "jobs": list(jobs),
     }
 
 

@@ -52,7 +52,12 @@ def mapfile_layers(plane: Plane, ns: str, service: str) -> int:
     cm_name = (svc.get("status") or {}).get("configMap")
     if not cm_name:
         return -1
-    cm = plane.core.read_namespaced_config_map(cm_name, ns)
+    try:
+        cm = plane.core.read_namespaced_config_map(cm_name, ns)
+    except client.ApiException as e:  # replaced and pruned since the status was read
+        if e.status == 404:
+            return -1
+        raise
     return mapfile_from_configmap(cm.data, cm.binary_data).count("\n  LAYER\n")
 
 

@@ -306,6 +306,16 @@ def plot(results_json: Path) -> None:
         )
 
 
+def _phase(results: dict, name: str, fn, *args):
+    """A later phase that fails is recorded, and the figures measured so far are still written."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        log(f"{name} benchmark failed: {type(e).__name__}: {e}")
+        results.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"[:500]
+        return None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100,1000")
@@ -341,9 +351,11 @@ def main() -> int:
                 "scope": "operator watching only the namespace of these datasets",
             }
             if "facade" not in skip:
-                results["facade"] = facade_bench(plane, work, data_root, f"rss-{a.rss_n}", a.rss_n)
+                results["facade"] = _phase(
+                    results, "facade", facade_bench, plane, work, data_root, f"rss-{a.rss_n}", a.rss_n
+                )
         if "serving" not in skip:
-            results["serving"] = serving(plane, work, data_root)
+            results["serving"] = _phase(results, "serving", serving, plane, work, data_root)
     finally:
         plane.down()
     RESULTS.mkdir(parents=True, exist_ok=True)

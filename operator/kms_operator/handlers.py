@@ -7,7 +7,6 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-import os
 from typing import Any
 
 import aiohttp
@@ -59,13 +58,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
     settings.execution.max_workers = 8
-    # A bulk apply of thousands of objects: at most this many are processed at once (the others
-    # wait as their latest watch event, ~10 KB, instead of ~60 KB of handler state each), and a
-    # worker gives its slot back 1 s (not 5 s) after its object went quiet.
-    worker_limit = int(os.environ.get("KMS_WORKER_LIMIT", "200"))
-    if worker_limit > 0:
-        settings.queueing.worker_limit = worker_limit
-        settings.queueing.idle_timeout = 1.0
+    # No settings.queueing.worker_limit: with indexes, every object of a kind needs a worker
+    # before any handler runs (the index must be complete), so a limit below the number of
+    # objects deadlocks the start (seen in the bench's resync). It would cap the memory of a burst.
     OP = Operator(Kube.from_environment(timeout=s.request_timeout), s)
     # what exists now (modules, classes, settings) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise walk it again and again during a burst

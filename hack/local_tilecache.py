@@ -27,7 +27,7 @@ from pathlib import Path
 from kubernetes import client, config, watch
 from local_runner import host_path_of  # hack/ is on sys.path when run as a script
 
-from kms_operator.tilecache import CACHE_ROOT, CONFIG_FILE
+from kms_operator.tilecache import CACHE_ROOT, CONFIG_FILE, configmap_file
 from kms_tiles.pool import MapCachePool
 from kms_tiles.server import TileServer, make_handler
 
@@ -71,7 +71,8 @@ class Caches:
         except client.ApiException as e:
             log.warning("configmap %s/%s: %s", ns, cm_name, e.reason)
             return
-        xml = (cm.data or {}).get(CONFIG_FILE, "").replace(CACHE_ROOT, self.cache_dir(ns, deployment))
+        xml = configmap_file(cm.data, cm.binary_data, CONFIG_FILE) or ""
+        xml = xml.replace(CACHE_ROOT, self.cache_dir(ns, deployment))
         target = self.state / ns / service / f"{cm_name}.xml"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(xml)

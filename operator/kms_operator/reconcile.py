@@ -792,11 +792,19 @@ class Operator:
             before: dict = {}
             if live_cm and live_cm != cm_name:
                 old_cm = await self.call(self.kube.get, "v1", "ConfigMap", ns, live_cm)
-                before = json.loads(((old_cm or {}).get("data") or {}).get(tilecache.VERSIONS_FILE) or "{}")
+                old_cm = old_cm or {}
+                before = json.loads(
+                    tilecache.configmap_file(
+                        old_cm.get("data"), old_cm.get("binaryData"), tilecache.VERSIONS_FILE
+                    )
+                    or "{}"
+                )
             await self.call(self.kube.apply, cm)
             _, deploy = await self.call(
                 self.kube.apply,
-                tilecache.build_tiles_deployment(owner, tc, cm_name, digest, self.settings.tiles_image),
+                tilecache.build_tiles_deployment(
+                    owner, tc, cm_name, digest, self.settings.tiles_image, tilecache.config_path(cm)
+                ),
                 live,
             )
             await self.call(self.kube.apply, tilecache.build_tiles_service(owner))

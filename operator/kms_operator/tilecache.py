@@ -11,6 +11,8 @@ the outdated directories are purged by a cache-purge MapJob."""
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
 import xml.etree.ElementTree as ET
@@ -26,6 +28,8 @@ CACHE_ROOT = "/var/cache/mapcache"
 CONFIG_DIR = "/etc/mapcache"
 CONFIG_FILE = "mapcache.xml"
 VERSIONS_FILE = "versions.json"
+# A ConfigMap holds at most 1 MiB (~700 bytes of XML per tileset): larger files are stored gzipped.
+MAX_PLAIN = 256 * 1024
 PORT = 8080
 TILES_UID = 10001
 VERSION_STATUS_FIELDS = (
@@ -163,19 +167,42 @@ def tiles_selector(service: str) -> dict[str, str]:
 
 
 def build_tiles_configmap(owner: Owner, xml: str, versions: Mapping[str, str], digest: str) -> dict:
+    """The configuration and the dataset versions it serves; each file gzipped into binaryData
+    (`<name>.gz`) when it is large."""
     meta = _meta(owner, f"{tiles_name(owner.name)}-{digest[:10]}", "tilecache-config")
     meta["annotations"] = {HASH_ANNOTATION: digest}
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": meta,
-        "immutable": True,
-        "data": {CONFIG_FILE: xml, VERSIONS_FILE: json.dumps(dict(sorted(versions.items())))},
-    }
+    cm: dict = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "immutable": True, "data": {}}
+    for name, text in ((CONFIG_FILE, xml), (VERSIONS_FILE, json.dumps(dict(sorted(versions.items()))))):
+        raw = text.encode()
+        if len(raw) > MAX_PLAIN:
+            cm.setdefault("binaryData", {})[name + ".gz"] = base64.b64encode(
+                gzip.compress(raw, 6, mtime=0)
+            ).decode()
+        else:
+            cm["data"][name] = text
+    return cm
+
+
+def configmap_file(data: Mapping | None, binary_data: Mapping | None, name: str) -> str | None:
+    """A file of a tile cache ConfigMap, plain or gzipped (the inverse of build_tiles_configmap)."""
+    if binary_data and name + ".gz" in binary_data:
+        return gzip.decompress(base64.b64decode(binary_data[name + ".gz"])).decode()
+    return (data or {}).get(name)
+
+
+def config_path(configmap: Mapping) -> str:
+    """Where the tile server finds the configuration in its pod (plain or .gz)."""
+    gz = CONFIG_FILE + ".gz" in (configmap.get("binaryData") or {})
+    return f"{CONFIG_DIR}/{CONFIG_FILE}" + (".gz" if gz else "")
 
 
 def build_tiles_deployment(
-    owner: Owner, tc: TileCache, configmap: str, digest: str, default_image: str = DEFAULT_TILES_IMAGE
+    owner: Owner,
+    tc: TileCache,
+    configmap: str,
+    digest: str,
+    default_image: str = DEFAULT_TILES_IMAGE,
+    config: str = f"{CONFIG_DIR}/{CONFIG_FILE}",
 ) -> dict:
     """kube-mapserver-tiles (MapCache FastCGI workers behind a small HTTP server), non-root."""
     workers = "2"
@@ -192,7 +219,7 @@ def build_tiles_deployment(
         "name": "mapcache",
         "image": tc.image or default_image,
         "command": ["kube-mapserver-tiles"],
-        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}", "--port", str(PORT), "--workers", workers],
+        "args": ["--config", config, "--port", str(PORT), "--workers", workers],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

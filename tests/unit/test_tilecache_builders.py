@@ -136,3 +136,28 @@ def test_job_progress_is_read_from_the_last_progress_line():
     assert parse_progress("nothing\n{}") is None
     assert parse_progress('{"progress": 7}')["progress"] == 1.0
     assert parse_progress('{"progress": true}') is None
+
+
+def test_large_configurations_are_stored_gzipped_and_read_back(tmp_path):
+    import gzip
+
+    from kms_tiles.server import plain_config
+
+    tc = MapServiceSpec.model_validate({"tileCache": {}}).tile_cache
+    many = [tilecache.Tileset(f"d{i:04d}", f"kms_d{i:04d}", f"{i:012x}", f"Dataset {i}") for i in range(2000)]
+    xml = tilecache.build_mapcache_xml("ocean", tc, many, "http://x/")
+    versions = {t.name: t.version for t in many}
+    cm = tilecache.build_tiles_configmap(OWNER, xml, versions, tilecache.config_digest(xml))
+    assert len(xml) > 1024 * 1024 and set(cm["binaryData"]) == {"mapcache.xml.gz"}
+    assert len(yaml.safe_dump(cm)) < 512 * 1024  # fits a ConfigMap (1 MiB) with room to spare
+    assert tilecache.configmap_file(cm.get("data"), cm.get("binaryData"), tilecache.CONFIG_FILE) == xml
+    assert tilecache.configmap_file(cm.get("data"), cm.get("binaryData"), tilecache.VERSIONS_FILE)
+    path = tilecache.config_path(cm)
+    dep = tilecache.build_tiles_deployment(OWNER, tc, "cm", "h", config=path)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["--config", path]
+    assert path.endswith("mapcache.xml.gz")
+    # the tile server unpacks it for MapCache
+    packed = tmp_path / "mapcache.xml.gz"
+    packed.write_bytes(gzip.compress(xml.encode()))
+    assert Path(plain_config(str(packed))).read_text() == xml
+    assert plain_config("/etc/mapcache/mapcache.xml") == "/etc/mapcache/mapcache.xml"

@@ -8,10 +8,13 @@ PATH_INFO of a request, so one server can front several pools (one per service).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -229,6 +232,19 @@ def single_pool(pool: MapCachePool) -> Resolver:
     return lambda path: (pool, "", path)
 
 
+def plain_config(path: str) -> str:
+    """The configuration file MapCache reads: `path`, or for `*.gz` (a large configuration the
+    operator stored gzipped) its content unpacked into a private temp file."""
+    if not path.endswith(".gz"):
+        return path
+    with gzip.open(path, "rb") as f:
+        text = f.read()
+    fd, plain = tempfile.mkstemp(prefix="mapcache-", suffix=".xml")
+    with os.fdopen(fd, "wb") as out:
+        out.write(text)
+    return plain
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kube-mapserver-tiles", description="Serve a MapCache configuration over HTTP (FastCGI workers)."
@@ -249,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
-        pool = MapCachePool(args.config, args.workers, timeout=args.timeout)
+        pool = MapCachePool(plain_config(args.config), args.workers, timeout=args.timeout)
     except (OSError, ValueError) as e:
         log.error("cannot start the mapcache pool", extra={"error": str(e)})
         return 1

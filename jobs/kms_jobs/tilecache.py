@@ -80,7 +80,12 @@ class SeedParams(KModel):
     min_zoom: int = Field(0, ge=0)
     max_zoom: int = Field(ge=0)
     extent: list[float] | None = Field(None, min_length=4, max_length=4)
+    # per tileset (its dataset's extent) where `extent` is not set
+    extents: dict[str, list[float]] | None = Field(None, max_length=1000)
     threads: int = Field(2, ge=1, le=8)
+
+    def extent_of(self, tileset: str) -> list[float] | None:
+        return self.extent or (self.extents or {}).get(tileset)
 
     @model_validator(mode="after")
     def _ranges(self) -> SeedParams:
@@ -89,8 +94,9 @@ class SeedParams(KModel):
             raise ValueError(
                 f"zoom levels must satisfy 0 <= minZoom <= maxZoom <= {top} for grid {self.grid}"
             )
-        if self.extent is not None:
-            validate_wgs84_extent(self.extent)
+        for e in [self.extent, *(self.extents or {}).values()]:
+            if e is not None:
+                validate_wgs84_extent(e)
         if len(set(self.tilesets)) != len(self.tilesets):
             raise ValueError("tilesets must not repeat")
         return self
@@ -283,9 +289,9 @@ def seed(params: SeedParams, root: CacheRoot, log: Logger) -> dict[str, Any]:
     xml = rewrite_cache_root(params.config_xml, str(root.root))
     dirs = _check_config(xml, params, root)
     g = tile_grid(params.grid)
-    extent = g.from_wgs84(params.extent) if params.extent is not None else None
-    per_tileset = tile_count(params.grid, params.min_zoom, params.max_zoom, params.extent)
-    total = per_tileset * len(params.tilesets)
+    extents = {n: params.extent_of(n) for n in params.tilesets}
+    expected = {n: tile_count(params.grid, params.min_zoom, params.max_zoom, e) for n, e in extents.items()}
+    total = sum(expected.values())
     tiles = nonempty = failed = 0
     per: dict[str, dict[str, int]] = {}
     started = time.monotonic()
@@ -295,8 +301,10 @@ def seed(params: SeedParams, root: CacheRoot, log: Logger) -> dict[str, Any]:
         config.write_text(_lock_dir(xml, work))
         for i, name in enumerate(params.tilesets):
             failed_log = work / f"failed-{i}.txt"
+            extent = g.from_wgs84(extents[name]) if extents[name] is not None else None
+            done_before = sum(expected[n] for n in params.tilesets[:i])
             seeded, ne = _seed_one(
-                config, name, params, extent, failed_log, log, per_tileset, i * per_tileset, total
+                config, name, params, extent, failed_log, log, expected[name], done_before, total
             )
             tiles, nonempty = tiles + seeded, nonempty + ne
             per[name] = {"tiles": seeded, "bytes": _tree_bytes(dirs[name]) if dirs[name].exists() else 0}

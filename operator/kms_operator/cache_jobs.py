@@ -76,6 +76,15 @@ def _service_cache(op, ns: str, name: str) -> tuple[dict, TileCache]:
     return svc, tc
 
 
+def _clamp(bbox) -> list[float]:
+    """A dataset's WGS84 box as the seeder takes it: inside -180..180 / -90..90, never empty (a
+    single point gets a tiny box around it)."""
+    eps = 1e-6
+    minx, miny = max(bbox[0], -180.0), max(bbox[1], -90.0)
+    maxx, maxy = min(max(bbox[2], minx + eps), 180.0), min(max(bbox[3], miny + eps), 90.0)
+    return [min(minx, maxx - eps), min(miny, maxy - eps), maxx, maxy]
+
+
 def resolve_cache_job(op, ns: str, spec: MapJobSpec, source_url: str) -> CacheJob:
     p = spec.params
     svc, tc = _service_cache(op, ns, p.service)
@@ -102,16 +111,6 @@ def resolve_cache_job(op, ns: str, spec: MapJobSpec, source_url: str) -> CacheJo
     if not names:
         raise CacheJobError(f"MapService {p.service!r} serves no dataset to seed")
     tilesets = [tileset_of(served[n]) for n in names]
-    extent = p.extent
-    if extent is None:
-        boxes = [t.wgs84_bbox for t in tilesets if t.wgs84_bbox]
-        if boxes:
-            extent = [
-                min(b[0] for b in boxes),
-                min(b[1] for b in boxes),
-                max(b[2] for b in boxes),
-                max(b[3] for b in boxes),
-            ]
     params = {
         "service": p.service,
         "configXml": build_mapcache_xml(p.service, tc, tilesets, source_url),
@@ -119,7 +118,9 @@ def resolve_cache_job(op, ns: str, spec: MapJobSpec, source_url: str) -> CacheJo
         "grid": p.grid,
         "minZoom": p.min_zoom,
         "maxZoom": p.max_zoom,
-        "extent": extent,
+        "extent": p.extent,
         "threads": p.threads,
     }
+    if p.extent is None:  # each dataset over its own extent
+        params["extents"] = {t.name: _clamp(t.wgs84_bbox) for t in tilesets if t.wgs84_bbox}
     return CacheJob(params, tc.storage.persistent_volume_claim, {t.name: t.version for t in tilesets})

@@ -161,3 +161,30 @@ def test_large_configurations_are_stored_gzipped_and_read_back(tmp_path):
     packed.write_bytes(gzip.compress(xml.encode()))
     assert Path(plain_config(str(packed))).read_text() == xml
     assert plain_config("/etc/mapcache/mapcache.xml") == "/etc/mapcache/mapcache.xml"
+
+
+def test_seeding_without_an_extent_covers_each_dataset_over_its_own_extent():
+    from kms_jobs.tilecache import SeedParams
+    from kms_operator.cache_jobs import _clamp
+
+    p = SeedParams.model_validate(
+        {
+            "service": "s",
+            "configXml": "<mapcache/>",
+            "tilesets": ["a", "b"],
+            "maxZoom": 3,
+            "extents": {"a": [0, 0, 10, 10], "b": _clamp([170, 80, 200, 95])},
+        }
+    )
+    assert p.extent_of("a") == [0, 0, 10, 10] and p.extent_of("b") == [170, 80, 180, 90]
+    assert _clamp([5, 5, 5, 5])[2] > 5  # a point dataset still has an area to seed
+    with pytest.raises(ValueError):
+        SeedParams.model_validate(
+            {
+                "service": "s",
+                "configXml": "x",
+                "tilesets": ["a"],
+                "maxZoom": 1,
+                "extents": {"a": [5, 0, 1, 1]},
+            }
+        )

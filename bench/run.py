@@ -156,7 +156,9 @@ def serving(plane: Plane, workdir: Path, data_root: Path) -> dict:
     svc["spec"]["data"] = {"persistentVolumeClaim": "map-data"}
     plane.create(ns, "mapservices", svc)
     plane.create(ns, "mapdatasets", dataset_body("sst", "ocean/sst-cog.tif", {"tiles": "yes"}))
-    op = Operator(plane.kubeconfig, data_root, workdir / "operator-serving.log")
+    # an operator of this namespace only: a cluster-wide one would first index the ~11,000
+    # datasets the other benchmarks left behind (Kopf's index pre-population is quadratic)
+    op = Operator(plane.kubeconfig, data_root, workdir / "operator-serving.log", args=("--namespace", ns))
     op.start()
     port = cluster_mod.free_port()
     with open(workdir / "local-mapserver.log", "ab") as out:

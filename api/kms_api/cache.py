@@ -5,6 +5,8 @@ sees its own write at once; resourceVersions keep older watch events from undoin
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -26,6 +28,31 @@ def rv_newer(new: str | None, old: str | None) -> bool:
         return int(new) >= int(old)
     except ValueError:
         return True
+
+
+# What no route reads but every object carries: server-side apply bookkeeping and kubectl's copy of
+# the last applied object. Dropping them roughly halves the memory of a cache of 10,000 datasets.
+LIST_PAGE = 500
+UNUSED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",)
+
+
+def release_memory() -> None:
+    """Hand memory freed after a (re)list back to the OS: glibc keeps freed heap otherwise, and the
+    peak of a LIST of 10,000 objects (parsed in full before they are slimmed) would stay resident."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def slim(obj: dict) -> dict:
+    """The object as the cache keeps it: without managedFields and unused bulky annotations."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+        notes = meta.get("annotations")
+        if notes:
+            for key in UNUSED_ANNOTATIONS:
+                notes.pop(key, None)
+    return obj
 
 
 class Store:
@@ -73,6 +100,7 @@ class Store:
     # -------------------------------------------------------------- writes seen by this process
 
     def upsert(self, obj: dict) -> None:
+        obj = slim(obj)
         meta = obj.get("metadata") or {}
         name, rv = meta.get("name"), meta.get("resourceVersion")
         if not name:
@@ -114,19 +142,30 @@ class Store:
         return {"fieldSelector": self.field_selector} if self.field_selector else {}
 
     def relist(self) -> None:
-        payload = self.kube.call("GET", self.path, query=self._query())
-        items = payload.get("items") or []
-        kind = payload.get("kind", "").removesuffix("List")
-        api_version = payload.get("apiVersion")
-        with self._lock:
-            self._objects, self._views, self._gone = {}, {}, {}
-            for obj in items:
+        """LIST in pages (as client-go's reflector does), each page slimmed as it arrives: memory
+        stays near what the cache keeps instead of a whole 10,000-object response parsed at once."""
+        objects: dict[str, dict] = {}
+        views: dict[str, Any] = {}
+        query = {**self._query(), "limit": str(LIST_PAGE)}
+        while True:
+            payload = self.kube.call("GET", self.path, query=query)
+            kind = payload.get("kind", "").removesuffix("List")
+            api_version = payload.get("apiVersion")
+            for obj in map(slim, payload.get("items") or []):
                 obj.setdefault("kind", kind)
                 obj.setdefault("apiVersion", api_version)
-                self._objects[obj["metadata"]["name"]] = obj
+                objects[obj["metadata"]["name"]] = obj
                 if self.project:
-                    self._views[obj["metadata"]["name"]] = self.project(obj)
-            self.resource_version = payload["metadata"].get("resourceVersion")
+                    views[obj["metadata"]["name"]] = self.project(obj)
+            meta = payload.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            query = {**query, "continue": meta["continue"]}
+        with self._lock:
+            self._objects, self._views, self._gone = objects, views, {}
+            self.resource_version = meta.get("resourceVersion")
+        del payload
+        release_memory()
         self.relists += 1
         self.last_event = time.monotonic()
         self.synced.set()

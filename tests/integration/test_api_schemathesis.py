@@ -38,19 +38,25 @@ def _exists(core: client.CoreV1Api, name: str) -> bool:
     return True
 
 
-def test_schemathesis_finds_no_server_error_and_no_schema_violation(
-    cluster, facade_factory, operator_process, tmp_path
-):
-    root = tmp_path / "data"  # a data root of its own: fuzzed uploads land there
+def fuzz_facade(facade_factory, tmp_path, **env: str):
+    """A facade to fuzz: a data root of its own (fuzzed uploads land there), no login throttling,
+    and fuzzed MapJobs get a claim that does not exist, so their pods stay Pending instead of running
+    GDAL on random parameters (with up to 20 retries each) and slowing the session's runner."""
+    root = tmp_path / "data"
     (root / "ocean").mkdir(parents=True)
-    # fuzzed MapJobs get a claim that does not exist: their pods stay Pending instead of running GDAL
-    # on random parameters (with up to 20 retries each) and slowing the session's runner and operator
-    fac = facade_factory(
+    return facade_factory(
         root=root,
         KMS_LOGIN_MAX_FAILURES="1000",
         KMS_LOGIN_IP_MAX_FAILURES="100000",
         KMS_DATA_PVC="fuzzed-jobs-never-run",
+        **env,
     )
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    cluster, facade_factory, operator_process, tmp_path
+):
+    fac = fuzz_facade(facade_factory, tmp_path)
     token = fac.token("admin")
     cmd = [
         str(REPO / ".venv" / "bin" / "st"),

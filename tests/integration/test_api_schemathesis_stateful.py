@@ -17,7 +17,7 @@ from kubernetes import client
 
 from tests.conftest import REPO
 from tests.helpers import wait_until
-from tests.integration.test_api_schemathesis import _exists, _leftovers
+from tests.integration.test_api_schemathesis import _exists, _leftovers, fuzz_facade
 
 MAX_SCENARIOS = int(os.environ.get("KMS_ST_STATEFUL_EXAMPLES", "30"))
 # the stateful phase repeats until its time budget is spent (scenarios are ~0.1 s each)
@@ -45,16 +45,7 @@ def _calls(fac) -> Counter:
 def test_stateful_schemathesis_over_the_links_finds_no_server_error(
     cluster, facade_factory, operator_process, tmp_path, capsys
 ):
-    root = tmp_path / "data"
-    (root / "ocean").mkdir(parents=True)
-    # fuzzed MapJobs get a claim that does not exist: their pods never run GDAL on random parameters
-    fac = facade_factory(
-        root=root,
-        KMS_LOGIN_MAX_FAILURES="1000",
-        KMS_LOGIN_IP_MAX_FAILURES="100000",
-        KMS_DATA_PVC="fuzzed-jobs-never-run",
-        KMS_WATCH_TIMEOUT="5",
-    )
+    fac = fuzz_facade(facade_factory, tmp_path, KMS_WATCH_TIMEOUT="5")
     token = fac.token("admin")
     cmd = [
         str(REPO / ".venv" / "bin" / "st"),

@@ -11,7 +11,6 @@ from kms_crds.mapdataset import MapDatasetSpec
 from kms_crds.mapjob import MapJobSpec
 from kms_crds.mapservice import MapServiceSpec, TileCache
 
-from .conditions import get_condition
 from .mapfile import layer_name
 from .tilecache import Tileset, build_mapcache_xml, dataset_version
 
@@ -27,22 +26,15 @@ class CacheJob:
     versions: dict[str, str | None]  # dataset -> cache version the job works on
 
 
-def _ready(d: dict) -> bool:
-    ready = get_condition(d["status"], "Ready")
-    return bool(
-        ready and ready.get("status") == "True" and ready.get("observedGeneration") == d["generation"]
-    )
-
-
 def served_snapshots(op, ns: str, service: dict) -> dict[str, dict]:
     """Ready datasets the service selects (what its cache holds), by name."""
-    from .reconcile import selector_of
+    from .reconcile import is_ready, selector_of
 
     sel = selector_of(service)
     return {
         d["name"]: d
         for d in op.datasets_in(ns)
-        if not d["deleting"] and sel.matches(d["labels"]) and _ready(d)
+        if not d["deleting"] and sel.matches(d["labels"]) and is_ready(d)
     }
 
 

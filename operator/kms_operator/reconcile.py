@@ -718,7 +718,13 @@ class Operator:
             "configMap": children["configmap"]["metadata"]["name"],
             "url": builders.service_url(name, ns, spec, self.settings.service_url_template),
             "tileCache": await self._reconcile_tile_cache(
-                owner, spec, datasets, rolled, ref, had_cache=bool(old_status.get("tileCache"))
+                owner,
+                spec,
+                datasets,
+                rolled,
+                ref,
+                had_cache=bool(old_status.get("tileCache")),
+                published=old_status.get("configMap") == children["configmap"]["metadata"]["name"],
             ),
         }
         if spec.tile_cache and spec.tile_cache.enabled and spec.tile_cache.wms:
@@ -750,6 +756,7 @@ class Operator:
         rolled: bool,
         ref: dict,
         had_cache: bool,
+        published: bool = True,
     ) -> dict | None:
         """The MapCache children; a new configuration waits until MapServer serves the new mapfile
         (so no tile of the new version is rendered by an old pod), then outdated tiles are purged
@@ -786,8 +793,12 @@ class Operator:
         live_cm = _config_map_of(live)
         cm_name = cm["metadata"]["name"]
         deploy = live
-        if live is not None and live_cm != cm_name and not rolled:
-            cm_name = live_cm  # MapServer is still rolling out: keep the cache on the old config
+        if live is not None and live_cm != cm_name and not (rolled and published):
+            # MapServer is still rolling out, or its new mapfile is not in status yet (what the local
+            # servers follow): keep the cache on the old config; once rolled, look again next pass
+            cm_name = live_cm
+            if rolled:
+                self.service_queue.request((ns, name))
         else:
             before: dict = {}
             if live_cm and live_cm != cm_name:

@@ -66,13 +66,60 @@ def load_map(text: str, data_root: str | None, online: str) -> mapscript.mapObj:
     return m
 
 
+class WorkerStats:
+    """What one worker did and serves, as a JSON file in a directory all workers share: GetMap
+    counts per service (tests tell cached tiles from rendered ones) and the mapfile ConfigMap each
+    service is served from (hack/local_tilecache.py waits until every worker serves a new one,
+    as a tile cache pod would only see the new mapfile after MapServer's rollout)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        self.path = os.path.join(directory, f"{os.getpid()}.json")
+        self.getmap: dict[str, int] = {}
+        self.serving: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.flush()
+
+    def count_getmap(self, key: str) -> None:
+        with self.lock:
+            self.getmap[key] = self.getmap.get(key, 0) + 1
+            self.flush()
+
+    def serve(self, key: str, configmap: str) -> None:
+        with self.lock:
+            self.serving[key] = configmap
+            self.flush()
+
+    def flush(self) -> None:
+        with open(self.path + ".tmp", "w") as f:
+            json.dump({"getmap": self.getmap, "serving": self.serving}, f)
+        os.replace(self.path + ".tmp", self.path)
+
+    def totals(self) -> dict:
+        """GetMap counts summed over all workers; per service, the ConfigMap of every worker."""
+        getmap: dict[str, int] = {}
+        serving: dict[str, list[str | None]] = {}
+        files = []
+        for name in sorted(os.listdir(self.directory)):
+            if name.endswith(".json"):
+                with contextlib.suppress(OSError, ValueError), open(os.path.join(self.directory, name)) as f:
+                    files.append(json.load(f))
+        for i, data in enumerate(files):
+            for key, n in data.get("getmap", {}).items():
+                getmap[key] = getmap.get(key, 0) + n
+            for key, cm in data.get("serving", {}).items():
+                serving.setdefault(key, [None] * len(files))[i] = cm
+        return {"getmap": getmap, "serving": serving, "workers": len(files)}
+
+
 class Maps:
     """(namespace, service) -> loaded mapObj, replaced whenever its ConfigMap changes."""
 
-    def __init__(self, api: client.ApiClient, base_url: str):
+    def __init__(self, api: client.ApiClient, base_url: str, stats: WorkerStats | None = None):
         self.api, self.base_url = api, base_url.rstrip("/")
         self.maps: dict[tuple[str, str], tuple[str, mapscript.mapObj, threading.Lock]] = {}
         self.lock = threading.Lock()
+        self.stats = stats
 
     def update(self, cm) -> None:
         ns = cm.metadata.namespace
@@ -94,6 +141,8 @@ class Maps:
             return
         with self.lock:
             self.maps[(ns, service)] = (cm.metadata.name, m, threading.Lock())
+        if self.stats:
+            self.stats.serve(f"{ns}/{service}", cm.metadata.name)
         log.info(
             "serving %s/%s from %s (%d layers) at %s", ns, service, cm.metadata.name, m.numlayers, online
         )
@@ -149,20 +198,9 @@ def dispatch(m: mapscript.mapObj, lock: threading.Lock, query: str) -> tuple[int
     return status, headers, body
 
 
-def make_handler(maps: Maps, stats_dir: str):
-    """Routes /<namespace>/<service>/?<OGC request>; /_stats counts GetMap requests per service over
-    all workers (tests use it to tell cached tiles from rendered ones)."""
-    getmaps: dict[str, int] = {}
-    count_lock = threading.Lock()
-    mine = os.path.join(stats_dir, f"{os.getpid()}.json")
-
-    def totals() -> dict[str, int]:
-        out: dict[str, int] = {}
-        for name in os.listdir(stats_dir):
-            with contextlib.suppress(OSError, ValueError), open(os.path.join(stats_dir, name)) as f:
-                for key, n in json.load(f).items():
-                    out[key] = out.get(key, 0) + n
-        return out
+def make_handler(maps: Maps, stats: WorkerStats):
+    """Routes /<namespace>/<service>/?<OGC request>; /_stats reports over all workers what
+    WorkerStats records."""
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "kube-mapserver-local/1"
@@ -171,14 +209,9 @@ def make_handler(maps: Maps, stats_dir: str):
             parts = urlsplit(self.path)
             segments = [s for s in parts.path.split("/") if s]
             if segments == ["_stats"]:
-                return self.reply(200, "application/json", json.dumps({"getmap": totals()}).encode())
+                return self.reply(200, "application/json", json.dumps(stats.totals()).encode())
             if "request=getmap" in parts.query.lower():
-                with count_lock:
-                    key = "/".join(segments)
-                    getmaps[key] = getmaps.get(key, 0) + 1
-                    with open(mine + ".tmp", "w") as f:
-                        json.dump(getmaps, f)
-                    os.replace(mine + ".tmp", mine)
+                stats.count_getmap("/".join(segments))
             if len(segments) != 2:
                 return self.reply(404, "text/plain", b"use /<namespace>/<service>/?SERVICE=...\n")
             entry = maps.get(*segments)
@@ -258,9 +291,11 @@ def main() -> int:
     for _ in range(max(1, a.workers)):
         pid = os.fork()
         if pid == 0:  # worker: its own API client, watch thread and loaded maps
-            maps = Maps(config.new_client_from_config(config_file=a.kubeconfig), f"http://127.0.0.1:{a.port}")
+            stats = WorkerStats(stats_dir)
+            api = config.new_client_from_config(config_file=a.kubeconfig)
+            maps = Maps(api, f"http://127.0.0.1:{a.port}", stats)
             threading.Thread(target=watch_configmaps, args=(maps,), daemon=True).start()
-            server.RequestHandlerClass = make_handler(maps, stats_dir)
+            server.RequestHandlerClass = make_handler(maps, stats)
             server.serve_forever()
             os._exit(0)
         children.append(pid)

@@ -14,6 +14,7 @@ directory under --state-dir for an emptyDir cache."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
 from kubernetes import client, config, watch
 from local_runner import host_path_of  # hack/ is on sys.path when run as a script
@@ -32,6 +36,7 @@ from kms_tiles.pool import MapCachePool
 from kms_tiles.server import TileServer, make_handler
 
 log = logging.getLogger("local-tilecache")
+GROUP, VERSION = "maps.kube-mapserver.io", "v1alpha1"
 SELECTOR = "app.kubernetes.io/name=mapcache,app.kubernetes.io/managed-by=kube-mapserver-operator"
 
 
@@ -72,6 +77,7 @@ class Caches:
             log.warning("configmap %s/%s: %s", ns, cm_name, e.reason)
             return
         xml = configmap_file(cm.data, cm.binary_data, CONFIG_FILE) or ""
+        self.wait_for_mapserver(ns, service, xml)
         xml = xml.replace(CACHE_ROOT, self.cache_dir(ns, deployment))
         target = self.state / ns / service / f"{cm_name}.xml"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +93,35 @@ class Caches:
         log.info("serving tiles of %s/%s from %s", ns, service, cm_name)
         if old:
             threading.Timer(5.0, old[1].close).start()  # let requests in flight finish
+
+    def wait_for_mapserver(self, ns: str, service: str, xml: str, timeout: float = 20.0) -> None:
+        """Hold a new configuration back until every hack/local_mapserver.py worker serves the
+        mapfile the MapService's status names. In a cluster the operator only hands MapCache a
+        new configuration after MapServer's rollout; the local plane's rollout is instant, and a
+        tile of the new version rendered from the old mapfile would stay cached for good."""
+        try:
+            svc = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+                GROUP, VERSION, ns, "mapservices", service
+            )
+        except client.ApiException:
+            return
+        want = (svc.get("status") or {}).get("configMap")
+        stats_url = mapserver_stats_url(xml)
+        if not want or not stats_url:
+            return
+        key, t0, serving = f"{ns}/{service}", time.monotonic(), None
+        while time.monotonic() - t0 < timeout:
+            try:
+                with urllib.request.urlopen(stats_url, timeout=5) as r:
+                    serving = (json.load(r).get("serving") or {}).get(key)
+            except (OSError, ValueError):
+                return  # not hack/local_mapserver.py: nothing to wait for
+            if serving and all(cm == want for cm in serving):
+                return
+            time.sleep(0.1)
+        log.warning(
+            "%s: MapServer workers serve %s, not %s, after %.0f s; going on", key, serving, want, timeout
+        )
 
     def remove(self, ns: str, service: str) -> None:
         with self.lock:
@@ -110,6 +145,18 @@ class Caches:
             pools, self.pools = list(self.pools.values()), {}
         for _, pool in pools:
             pool.close()
+
+
+def mapserver_stats_url(xml: str) -> str | None:
+    """/_stats of the loopback MapServer the configuration's WMS sources point at."""
+    try:
+        url = ElementTree.fromstring(xml).findtext(".//source/http/url")
+    except ElementTree.ParseError:
+        return None
+    parts = urlsplit(url or "")
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
+        return None
+    return f"http://{parts.netloc}/_stats"
 
 
 def watch_deployments(caches: Caches) -> None:

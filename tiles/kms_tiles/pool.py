@@ -29,6 +29,19 @@ Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 SKIPPED_HEADERS = {"connection", "keep-alive", "proxy", "te", "trailer", "transfer-encoding", "upgrade"}
 
 
+def _wait_for_exec(proc: subprocess.Popen[bytes], binary_path: str, timeout: float = 5.0) -> None:
+    """Wait until setpriv has exec'd `binary_path` in `proc`: its parent-death signal is set only then, so a
+    parent killed earlier would leave the worker running (the signal survives the exec)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if os.readlink(f"/proc/{proc.pid}/exe") == binary_path:
+                return
+        except OSError:
+            return  # no /proc (or the process is gone): nothing to wait for
+        time.sleep(0.002)
+
+
 class _Worker:
     def __init__(self, proc: subprocess.Popen[bytes]):
         self.proc, self.started, self.failures, self.restart_at = proc, time.monotonic(), 0, 0.0
@@ -56,6 +69,7 @@ class MapCachePool:
             raise FileNotFoundError(f"mapcache FastCGI binary {binary!r} not found or not executable")
         self.config_path = os.path.abspath(config_path)
         self.binary, self.timeout, self.health_path = binary, timeout, health_path
+        self._binary_path = os.path.realpath(binary)
         self.env = {**os.environ, **(env or {}), "MAPCACHE_CONFIG_FILE": self.config_path}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -88,13 +102,16 @@ class MapCachePool:
     def _spawn(self) -> subprocess.Popen[bytes]:
         # fd 0 is the listening socket: libfcgi then runs as a FastCGI server accepting on it. setpriv
         # gives the worker SIGTERM when its parent (thread) dies, so a killed server leaves no workers.
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [*PDEATHSIG, self.binary],
             stdin=self._listener.fileno(),
             stdout=subprocess.DEVNULL,
             env=self.env,
             cwd=self._dir,
         )
+        if PDEATHSIG:
+            _wait_for_exec(proc, self._binary_path)
+        return proc
 
     def _run(self, workers: int) -> None:
         try:

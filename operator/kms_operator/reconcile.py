@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -26,7 +26,7 @@ from . import builders, tilecache
 from .conditions import condition, get_condition, merge_conditions, status_changed
 from .inspect_source import InspectError, inspect_source
 from .kube import ApiError, Kube
-from .mapfile import DatasetInput, build_config, build_mapfile, layer_name, mapfile_hash
+from .mapfile import DatasetInput, LayerRef, build_config, build_mapfile, epsg, layer_name, mapfile_hash
 from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES
 from .settings import Settings
 
@@ -80,6 +80,16 @@ def dataset_snapshot(body: Mapping) -> dict:
         # the Ready condition: (status, reason, observedGeneration), or None without one
         _ready=(ready.get("status"), ready.get("reason"), ready.get("observedGeneration")) if ready else None,
     )
+    spec = body.get("spec") or {}
+    identifier = spec.get("identifier") or ""
+    # what selection, layer order and map extent need, without parsing the spec (see LayerRef)
+    snap["_layer"] = (
+        identifier,
+        layer_name(identifier),
+        spec.get("title"),
+        epsg(spec.get("projection")) or epsg((status.get("extent") or {}).get("crs")),
+        status.get("wgs84Bbox"),
+    )
     snap["_render"] = (
         snap["name"],
         snap["generation"],
@@ -101,15 +111,11 @@ class _SlimStatus(NamedTuple):
 
 
 class _SlimInput(NamedTuple):
-    """What is kept of a DatasetInput once its mapfile is built (name, layer, title, bbox)."""
+    """What the status and the tile cache need of a served dataset (name, identifier, title, bbox)."""
 
     name: str
     spec: _SlimSpec
     status: _SlimStatus
-
-
-def _slim(d: DatasetInput) -> _SlimInput:
-    return _SlimInput(d.name, _SlimSpec(d.spec.identifier, d.spec.title), _SlimStatus(d.status.wgs84_bbox))
 
 
 def service_snapshot(body: Mapping) -> dict:
@@ -170,6 +176,25 @@ def parsed_dataset(d: dict) -> tuple[MapDatasetSpec, MapDatasetStatus] | None:
         return MapDatasetSpec.model_validate(d["spec"]), MapDatasetStatus.model_validate(d["status"])
     except ValidationError:
         return None
+
+
+def _load(d: dict) -> DatasetInput | None:
+    parsed = parsed_dataset(d)
+    if parsed is None:  # Ready means valid for this generation; only a stricter new model gets here
+        log.warning("dataset %s no longer matches the schema: left out of the mapfile", d["name"])
+        return None
+    return DatasetInput(d["name"], *parsed)
+
+
+def layer_ref(d: dict) -> LayerRef:
+    """A selected dataset for the mapfile build; parsed only when its LAYER is written."""
+    _, layer, _, native_crs, bbox = d["_layer"]
+    return LayerRef(d["name"], layer, native_crs, bbox, functools.partial(_load, d))
+
+
+def slim_input(d: dict) -> _SlimInput:
+    identifier, _, title, _, bbox = d["_layer"]
+    return _SlimInput(d["name"], _SlimSpec(identifier, title), _SlimStatus(bbox))
 
 
 def services_context(services: Iterable[dict]) -> tuple:
@@ -294,7 +319,8 @@ class Operator:
     datasets: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
     services: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
     locks: dict[tuple, asyncio.Lock] = field(default_factory=dict)
-    inspections: dict[tuple[str, int], tuple] = field(default_factory=dict)  # (uid, generation) -> result
+    # uid -> (generation, "ok" | "error", result): the last inspection of each dataset, one entry each
+    inspections: dict[str, tuple] = field(default_factory=dict)
     pending_since: dict[Key, float] = field(default_factory=dict)
     rendered: dict[Key, tuple] = field(default_factory=dict)  # last render per service, keyed by its inputs
     # per namespace: dataset name -> (resourceVersion, services context) when its servedBy, url and
@@ -348,16 +374,17 @@ class Operator:
             problem = None
         result = None
         if spec is not None:
-            cache_key = (meta["uid"], gen)
-            if cache_key not in self.inspections:
+            uid = meta["uid"]
+            cached = self.inspections.get(uid)
+            if cached is None or cached[0] != gen:
                 try:
                     insp = await asyncio.get_running_loop().run_in_executor(
                         GDAL_EXECUTOR, inspect_source, spec, self.settings
                     )
-                    self.inspections[cache_key] = ("ok", insp)
+                    cached = self.inspections[uid] = (gen, "ok", insp)
                 except InspectError as e:
-                    self.inspections[cache_key] = ("error", (e.reason, e.message))
-            kind, value = self.inspections[cache_key]
+                    cached = self.inspections[uid] = (gen, "error", (e.reason, e.message))
+            _, kind, value = cached
             if kind == "ok":
                 result = value
             else:
@@ -515,6 +542,7 @@ class Operator:
         for s in self.services_in(ns):
             if name in s["datasets"] or selector_of(s).matches(dict(meta.get("labels") or {})):
                 await self.reconcile_service(ns, s["name"], exclude={name})
+        self.inspections.pop(meta.get("uid"), None)
 
     # ---------------------------------------------------------------- services
 
@@ -563,9 +591,11 @@ class Operator:
 
     def _select(
         self, ns: str, spec: MapServiceSpec, exclude: set[str]
-    ) -> tuple[list[DatasetInput], list[str], list[str]]:
-        """(included, excluded with reasons, pending: selected but not inspected yet)."""
-        included: list[DatasetInput] = []
+    ) -> tuple[list[_SlimInput], list[LayerRef], list[str], list[str]]:
+        """(included as slim inputs and as layer refs, excluded with reasons, pending: selected but
+        not inspected yet). Nothing is parsed here: Ready means valid for the current generation."""
+        included: list[_SlimInput] = []
+        refs: list[LayerRef] = []
         excluded: list[str] = []
         pending: list[str] = []
         seen_layers: dict[str, str] = {}
@@ -579,18 +609,14 @@ class Operator:
                     continue
                 excluded.append(f"{d['name']} ({ready[1] if ready else 'NotInspected'})")
                 continue
-            parsed = parsed_dataset(d)
-            if parsed is None:
-                excluded.append(f"{d['name']} (InvalidSpec)")
-                continue
-            ds_spec, ds_status = parsed
-            layer = layer_name(ds_spec.identifier)
+            layer = d["_layer"][1]
             if layer in seen_layers:
                 excluded.append(f"{d['name']} (DuplicateLayerName with {seen_layers[layer]})")
                 continue
             seen_layers[layer] = d["name"]
-            included.append(DatasetInput(name=d["name"], spec=ds_spec, status=ds_status))
-        return included, excluded, pending
+            included.append(slim_input(d))
+            refs.append(layer_ref(d))
+        return included, refs, excluded, pending
 
     async def _reconcile_service(self, body: dict, exclude: set[str]) -> None:
         meta = body["metadata"]
@@ -604,7 +630,7 @@ class Operator:
         key = self._render_key(ns, meta.get("generation"), spec, exclude)
         cached = self.rendered.get((ns, name))
         if cached and cached[0] == key:  # nothing that shapes the mapfile changed: no rebuild
-            _, datasets, excluded, pending, packed = cached
+            _, datasets, excluded, pending, packed, refs = cached
             excluded = list(excluded)
             mapfile = zlib.decompress(packed).decode() if packed else ""
         else:
@@ -622,18 +648,19 @@ class Operator:
                 self.service_queue.request((ns, name))
                 self.service_cost[(ns, name)] = time.thread_time() - t0
                 return
-            datasets, excluded, pending = self._select(ns, spec, exclude)
-            mapfile = build_mapfile(name, spec, datasets) if not pending else ""
+            datasets, refs, excluded, pending = self._select(ns, spec, exclude)
+            mapfile = build_mapfile(name, spec, refs) if not pending else ""
             if not pending:
                 MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
             # kept: the render key, what the status and tile cache need of each dataset, the
             # mapfile compressed (10,000 layers are ~8 MB of text)
             self.rendered[(ns, name)] = (
                 key,
-                [_slim(d) for d in datasets] if mapfile else datasets,  # (full: built later)
+                datasets,
                 list(excluded),
                 pending,
                 zlib.compress(mapfile.encode(), 1) if mapfile else b"",
+                [] if mapfile else refs,  # (the mapfile is built later, when pending ones are waited out)
             )
         if pending:
             # Datasets being inspected right now: wait for them (bounded) rather than roll out twice.
@@ -644,7 +671,7 @@ class Operator:
                 return
             excluded += [f"{p} (NotInspected)" for p in pending]
         if not mapfile:  # pending datasets waited out: build without them
-            mapfile = build_mapfile(name, spec, datasets)
+            mapfile = build_mapfile(name, spec, refs)
             MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
         self.pending_since.pop((ns, name), None)
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
@@ -752,7 +779,7 @@ class Operator:
         self,
         owner: builders.Owner,
         spec: MapServiceSpec,
-        datasets: list[DatasetInput],
+        datasets: Sequence[_SlimInput],
         rolled: bool,
         ref: dict,
         had_cache: bool,

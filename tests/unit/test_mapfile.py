@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import array
+import dataclasses
 import hashlib
 import json
 import os
+import weakref
 from pathlib import Path
 
 import mapscript
@@ -198,6 +200,51 @@ def test_deterministic_and_order_independent() -> None:
     text = build_mapfile("maps", spec, datasets)
     assert build_mapfile("maps", spec, list(reversed(datasets))) == text
     assert mapfile_hash(build_mapfile("maps", spec, datasets)) == mapfile_hash(text)
+
+
+def test_operator_snapshots_build_the_same_mapfile_one_parsed_dataset_at_a_time() -> None:
+    """The operator builds from index snapshots through LayerRefs: same text as from parsed inputs,
+    and parsed datasets do not pile up (at most the one written and the one before are alive)."""
+    from kms_operator import reconcile
+
+    spec, few = CASES["all"]
+    datasets = [
+        dataclasses.replace(
+            d, name=f"{d.name}-{i}", spec=d.spec.model_copy(update={"identifier": f"{d.spec.identifier}-{i}"})
+        )
+        for i in range(10)
+        for d in few
+    ]
+    snaps = [
+        reconcile.dataset_snapshot(
+            {
+                "metadata": {"name": d.name, "uid": d.name, "generation": 1},
+                "spec": d.spec.model_dump(by_alias=True, exclude_none=True, mode="json"),
+                "status": d.status.model_dump(by_alias=True, exclude_none=True, mode="json"),
+            }
+        )
+        for d in datasets
+    ]
+    loaded: list[weakref.ref] = []
+    most = 0
+
+    def counted(ref):
+        def load():
+            nonlocal most
+            ds = ref.load()
+            loaded.append(weakref.ref(ds))
+            most = max(most, sum(r() is not None for r in loaded))
+            return ds
+
+        return dataclasses.replace(ref, load=load)
+
+    refs = [counted(reconcile.layer_ref(s)) for s in snaps]
+    assert build_mapfile("maps", spec, refs) == build_mapfile("maps", spec, datasets)
+    assert len(loaded) == len(datasets) and most <= 2  # the one being written and the one before
+    slims = [reconcile.slim_input(s) for s in snaps]
+    assert [(x.name, x.spec.identifier, x.spec.title, x.status.wgs84_bbox) for x in slims] == [
+        (d.name, d.spec.identifier, d.spec.title, d.status.wgs84_bbox) for d in datasets
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- mapscript

@@ -403,3 +403,4 @@ class MapJobs:
         left = await self.op.call(self.op.kube.list, "v1", "Pod", ns, f"job-name={jname}")
         if left or await self.op.call(self.op.kube.get, "batch/v1", "Job", ns, jname):
             raise ApiError(409, f"Job {jname} or its pods still present")
+        self.op.locks.pop(("MapJob", ns, name), None)

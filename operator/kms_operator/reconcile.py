@@ -970,9 +970,15 @@ class Operator:
                 left = await self.call(self.kube.list, api_version, kind, ns, selector)
                 if any(not c["metadata"].get("deletionTimestamp") for c in left):
                     raise ApiError(409, f"{kind} children of {name} still present")
+        self.forget_service(ns, name)
         for d in self.datasets_in(ns):
             if name in (d["status"].get("servedBy") or []):
                 self.served_queue.request((ns, d["name"]))
+
+    def forget_service(self, ns: str, name: str) -> None:
+        """Drop what is kept in memory for a released service (its render cache holds the mapfile)."""
+        for table in (self.rendered, self.pending_since, self.service_cost, self.locks):
+            table.pop((ns, name), None)
 
 
 def _config_map_of(deployment: dict | None) -> str | None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the local control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok) once from the Go module proxy into a cache outside the repo keyed by version.
+# kubectl, kwok) and the real node's kubelet and kube-proxy once from the Go module proxy into a cache outside the repo keyed by version.
 # Usage: hack/build-binaries.sh            (prints the bin directory on the last line)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,7 +18,7 @@ export GOPROXY=${GOPROXY:-https://proxy.golang.org}
 
 
 build_kubernetes() {
-  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local bins=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   local missing=0
   for b in "${bins[@]}"; do [ -x "$K8S_DIR/$b" ] || missing=1; done
   [ $missing -eq 0 ] && { log "kubernetes $K8S_VERSION: cached in $K8S_DIR"; return; }
@@ -51,6 +51,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   (cd "$work" && with_heartbeat "kubernetes: go mod tidy (downloads modules)" go mod tidy -e)
@@ -65,7 +67,8 @@ GO
   (cd "$work" && with_heartbeat "kubernetes $K8S_VERSION: go build ${bins[*]}" \
     go build -trimpath -tags tools -ldflags "$ld" -o "$K8S_DIR.tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
   rm -rf "$K8S_DIR"; mv "$K8S_DIR.tmp" "$K8S_DIR"
 }
 

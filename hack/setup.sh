@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-DEB_PACKAGES=(python3-venv python3-mapscript mapserver-bin gdal-bin python3-gdal openssl curl golang-go mapcache-cgi mapcache-tools)
+DEB_PACKAGES=(python3-venv python3-mapscript mapserver-bin gdal-bin python3-gdal openssl curl golang-go mapcache-cgi mapcache-tools
+  containerd runc containernetworking-plugins iptables debootstrap buildah)  # the real node + image builds
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

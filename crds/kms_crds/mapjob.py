@@ -220,7 +220,12 @@ class MapJobSpec(KModel):
     backoff_limit: int = Field(2, ge=0, le=20, description="Retries before the job is Failed.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Hard time limit of the job.")
     resources: Resources | None = Field(None, description="Requests/limits of the job container.")
-    image: str = Field(DEFAULT_JOB_IMAGE, max_length=512, description="Job runner image.")
+    image: str | None = Field(
+        None,
+        max_length=512,
+        description="Job runner image (default: the operator's KMS_JOB_IMAGE, the product image it was "
+        "installed with).",
+    )
     data: JobData | None = Field(None, description="Data volume (mounted read-write at /data).")
 
     model_config = KModel.model_config | {

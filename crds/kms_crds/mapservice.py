@@ -18,10 +18,13 @@ from .common import (
     Resources,
 )
 
-# Pinned upstream MapServer 8 image (Apache + mod_fcgid, listens on 8080 when not root).
-DEFAULT_IMAGE = "camptocamp/mapserver:8.4"
-# Our image: MapCache (Debian mapcache-cgi/-tools) behind kube-mapserver-tiles.
-DEFAULT_TILES_IMAGE = "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
+# Our own MapServer 8 image (Debian's MapServer behind Apache + mod_fcgid, uid 33, port 8080);
+# the operator's KMS_MAPSERVER_IMAGE (the chart sets it). The upstream camptocamp/mapserver:8.4
+# keeps the same contract and can be named in spec.image.
+DEFAULT_IMAGE = "ghcr.io/kube-mapserver/mapserver:0.1.0"
+UPSTREAM_IMAGE = "camptocamp/mapserver:8.4"
+# Our tile cache image: Apache + Debian's mod_mapcache (MapCache 1.14), uid 10001, port 8080.
+DEFAULT_TILES_IMAGE = "ghcr.io/kube-mapserver/mapcache:0.1.0"
 
 
 class DataVolume(KModel):
@@ -233,8 +236,8 @@ class TileCache(KModel):
     image: str | None = Field(
         None,
         max_length=512,
-        description="Image with MapCache and kube-mapserver-tiles (default: the operator's KMS_TILES_IMAGE, "
-        "i.e. the product image it was installed with).",
+        description="Tile cache image: Apache with mod_mapcache, started as `kms-mapcache-httpd CONFIG` "
+        "(default: the operator's KMS_TILES_IMAGE, the chart's own MapCache image).",
     )
     resources: Resources | None = Field(None, description="Requests/limits of the tile cache container.")
 
@@ -250,7 +253,12 @@ class MapServiceSpec(KModel):
         None, max_length=500, pattern=SAFE_TEXT, description="Service title (capabilities)."
     )
     abstract: str | None = Field(None, max_length=4000, pattern=SAFE_TEXT, description="Service abstract.")
-    image: str = Field(DEFAULT_IMAGE, max_length=512, description="MapServer 8 image.")
+    image: str | None = Field(
+        None,
+        max_length=512,
+        description="MapServer 8 image (default: the operator's KMS_MAPSERVER_IMAGE, the chart's own "
+        f"Apache + mod_fcgid image). {UPSTREAM_IMAGE} works too.",
+    )
     image_pull_policy: str = Field(
         "IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$", description="Pull policy of the image."
     )

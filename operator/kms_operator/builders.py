@@ -7,7 +7,7 @@ import gzip
 import math
 import re
 
-from kms_crds.mapservice import MapServiceSpec
+from kms_crds.mapservice import DEFAULT_IMAGE, MapServiceSpec
 
 from .labels import HASH_ANNOTATION, labels, owner_reference, selector
 
@@ -139,7 +139,10 @@ CONTAINER_SECURITY = {
 }
 
 
-def build_deployment(owner: Owner, spec: MapServiceSpec, cm_name: str, mapfile_hash: str) -> dict:
+def build_deployment(
+    owner: Owner, spec: MapServiceSpec, cm_name: str, mapfile_hash: str, default_image: str = DEFAULT_IMAGE
+) -> dict:
+    image = spec.image or default_image
     env = [
         {"name": "MAPSERVER_CONFIG_FILE", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
         {"name": "MS_MAPFILE", "value": f"{RUN_DIR}/{MAPFILE}"},
@@ -177,7 +180,7 @@ def build_deployment(owner: Owner, spec: MapServiceSpec, cm_name: str, mapfile_h
     check = {"exec": {"command": ["/bin/sh", f"{CONFIG_DIR}/{CHECK_SCRIPT}"]}}
     container = {
         "name": "mapserver",
-        "image": spec.image,
+        "image": image,
         "imagePullPolicy": spec.image_pull_policy,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "env": env,
@@ -190,7 +193,7 @@ def build_deployment(owner: Owner, spec: MapServiceSpec, cm_name: str, mapfile_h
         container["resources"] = spec.resources.wire()
     init = {
         "name": "check-mapfile",
-        "image": spec.image,
+        "image": image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["/bin/sh", f"{CONFIG_DIR}/{PREPARE_SCRIPT}"],
         "env": env[:2],
@@ -341,12 +344,19 @@ def service_url(
     return template.format(name=name, namespace=namespace)
 
 
-def build_children(owner: Owner, spec: MapServiceSpec, mapfile: str, config: str, mapfile_hash: str) -> dict:
+def build_children(
+    owner: Owner,
+    spec: MapServiceSpec,
+    mapfile: str,
+    config: str,
+    mapfile_hash: str,
+    default_image: str = DEFAULT_IMAGE,
+) -> dict:
     """All desired children: {'configmap', 'deployment', 'service', and optional kinds -> manifest|None}."""
     cm = build_configmap(owner, mapfile, config, mapfile_hash)
     children = {
         "configmap": cm,
-        "deployment": build_deployment(owner, spec, cm["metadata"]["name"], mapfile_hash),
+        "deployment": build_deployment(owner, spec, cm["metadata"]["name"], mapfile_hash, default_image),
         "service": build_service(owner),
     }
     for _, kind, build in OPTIONAL_KINDS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from kms_crds.mapjob import MapJobSpec
+from kms_crds.mapjob import DEFAULT_JOB_IMAGE, MapJobSpec
 
 from .labels import MANAGED_BY, owner_reference
 
@@ -44,6 +44,7 @@ def build_job(
     params: dict,
     cache_claim: str | None = None,
     annotations: dict[str, str] | None = None,
+    default_image: str = DEFAULT_JOB_IMAGE,
 ) -> dict:
     """The Job: one pod running `kube-mapserver-job <type> --params-json ...` as a non-root user
     (cache jobs also mount the tile cache volume of their MapService)."""
@@ -70,7 +71,7 @@ def build_job(
         volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}})
     container = {
         "name": "runner",
-        "image": spec.image,
+        "image": spec.image or default_image,
         "command": [RUNNER],
         "args": args,
         "env": [{"name": "GDAL_CACHEMAX", "value": "256"}, {"name": "CPL_TMPDIR", "value": "/tmp"}],

@@ -177,9 +177,12 @@ class MapJobs:
                         cj.params,
                         cache_claim=cj.claim,
                         annotations={CACHE_VERSIONS_ANNOTATION: json.dumps(cj.versions, sort_keys=True)},
+                        default_image=op.settings.job_image,
                     )
                 else:
-                    job_body = build_job(name, ns, meta["uid"], spec, resolve_params(op, ns, spec))
+                    job_body = build_job(
+                        name, ns, meta["uid"], spec, resolve_params(op, ns, spec), default_image=op.settings.job_image
+                    )
             except (JobInputError, CacheJobError) as e:
                 await self._write(
                     body, old, {"phase": "Failed", "message": str(e), "completionTime": now_rfc3339()}, gen

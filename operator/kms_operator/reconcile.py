@@ -676,7 +676,7 @@ class Operator:
         self.pending_since.pop((ns, name), None)
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
         digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
-        children = builders.build_children(owner, spec, mapfile, config, digest)
+        children = builders.build_children(owner, spec, mapfile, config, digest, self.settings.mapserver_image)
         cost = time.thread_time() - t0
 
         live_deploy = await self.call(self.kube.get, "apps/v1", "Deployment", ns, name)
@@ -876,8 +876,7 @@ class Operator:
             await self.call(
                 self.kube.apply,
                 tilecache.build_auto_mapjob(
-                    owner, job, "cache-purge", params, tc.image or self.settings.tiles_image
-                ),
+                    owner, job, "cache-purge", params),
             )
         if tc.seed:
             fresh = sorted(changes.new + changes.changed)
@@ -896,8 +895,7 @@ class Operator:
                 await self.call(
                     self.kube.apply,
                     tilecache.build_auto_mapjob(
-                        owner, job, "cache-seed", params, tc.image or self.settings.tiles_image
-                    ),
+                        owner, job, "cache-seed", params),
                 )
         await self._prune_auto_jobs(owner)
 

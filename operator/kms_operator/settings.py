@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kms_crds.mapjob import DEFAULT_JOB_IMAGE
+from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_TILES_IMAGE
+
 
 def _list(name: str) -> list[str]:
     return [v.strip() for v in os.environ.get(name, "").split(",") if v.strip()]
@@ -35,12 +38,12 @@ class Settings:
             "KMS_TILES_URL_TEMPLATE", "http://{name}-tiles.{namespace}.svc.cluster.local:8080/"
         )
     )
-    # Image of tile cache pods and cache jobs when tileCache.image is not set (the chart: its own image).
-    tiles_image: str = field(
-        default_factory=lambda: os.environ.get(
-            "KMS_TILES_IMAGE", "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
-        )
+    # Images used when a resource names none (the chart sets all three to the images it ships).
+    mapserver_image: str = field(
+        default_factory=lambda: os.environ.get("KMS_MAPSERVER_IMAGE", DEFAULT_IMAGE)
     )
+    tiles_image: str = field(default_factory=lambda: os.environ.get("KMS_TILES_IMAGE", DEFAULT_TILES_IMAGE))
+    job_image: str = field(default_factory=lambda: os.environ.get("KMS_JOB_IMAGE", DEFAULT_JOB_IMAGE))
     # The MapServer WMS the tile cache renders from (in-cluster; the loopback server in local mode).
     tiles_source_template: str = field(
         default_factory=lambda: os.environ.get(

@@ -1,6 +1,6 @@
 """MapService.spec.tileCache -> MapCache configuration and the tile cache's children (pure;
-golden-tested). MapCache runs as its own Deployment `<service>-tiles` (kube-mapserver-tiles in
-front of MapCache's FastCGI workers), not as a sidecar: cache hits are cheap and renders are not, so
+golden-tested). MapCache runs as its own Deployment `<service>-tiles` (Apache with mod_mapcache,
+the reference way to serve MapCache), not as a sidecar: cache hits are cheap and renders are not, so
 the two scale apart; a new cache configuration does not restart MapServer; and seeding Jobs mount
 the same cache volume.
 
@@ -32,6 +32,8 @@ VERSIONS_FILE = "versions.json"
 MAX_PLAIN = 256 * 1024
 PORT = 8080
 TILES_UID = 10001
+HTTPD_COMMAND = "kms-mapcache-httpd"  # the tile cache image's entry script: Apache + mod_mapcache
+HEALTH_PATH = "/tms/1.0.0/"  # answered by MapCache itself from the configuration (no rendering)
 VERSION_STATUS_FIELDS = (
     "extent",
     "wgs84Bbox",
@@ -204,12 +206,8 @@ def build_tiles_deployment(
     default_image: str = DEFAULT_TILES_IMAGE,
     config: str = f"{CONFIG_DIR}/{CONFIG_FILE}",
 ) -> dict:
-    """kube-mapserver-tiles (MapCache FastCGI workers behind a small HTTP server), non-root."""
-    workers = "2"
-    if tc.resources and tc.resources.limits and "cpu" in tc.resources.limits:
-        cpu = str(tc.resources.limits["cpu"])
-        cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-        workers = str(max(1, min(16, round(cores * 2))))
+    """Apache with mod_mapcache (`kms-mapcache-httpd CONFIG`, the tile cache image), non-root; its
+    readiness probe is a TMS capabilities request answered by MapCache from the configuration."""
     cache_volume: dict = {"name": "cache"}
     if tc.storage.persistent_volume_claim:
         cache_volume["persistentVolumeClaim"] = {"claimName": tc.storage.persistent_volume_claim}
@@ -218,15 +216,19 @@ def build_tiles_deployment(
     container: dict = {
         "name": "mapcache",
         "image": tc.image or default_image,
-        "command": ["kube-mapserver-tiles"],
-        "args": ["--config", config, "--port", str(PORT), "--workers", workers],
+        "command": [HTTPD_COMMAND],
+        "args": [config],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "cache", "mountPath": CACHE_ROOT},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10},
+        "readinessProbe": {
+            "httpGet": {"path": HEALTH_PATH, "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+        },
         "livenessProbe": {
             "tcpSocket": {"port": "http"},
             "initialDelaySeconds": 10,

@@ -77,6 +77,15 @@ helm.sh/chart: {{ include "kms.chart" .root }}
 {{- end }}
 {{- end }}
 
+{{/* A secondary image (mapserverImage, mapcacheImage): "kms.imageRef" (dict "image" ... "root" $) */}}
+{{- define "kms.imageRef" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
+{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
 {{/* Pod spec pieces shared by the operator and the facade ---------------------------------- */}}
 {{- define "kms.podCommon" -}}
 {{- with .root.Values.imagePullSecrets }}

@@ -13,10 +13,18 @@ ARG DEBIAN_IMAGE=debian:12.11-slim
 
 # ---------------------------------------------------------------- build: venv with the project
 FROM ${DEBIAN_IMAGE} AS build
+# Extra certificate authorities for the build stage only (a TLS-intercepting proxy in front of PyPI):
+# the folder holding them (*.crt) must be visible at this path during RUN steps, e.g.
+# `buildah bud -v /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro
+#  --build-arg EXTRA_CA_DIR=/usr/local/share/ca-certificates` (hack/images.py does this).
+# The runtime stage regenerates its bundle without them.
+ARG EXTRA_CA_DIR=
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-gdal ca-certificates \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && if [ -n "$EXTRA_CA_DIR" ] && [ -d "$EXTRA_CA_DIR" ]; then \
+      update-ca-certificates --localcertsdir "$EXTRA_CA_DIR"; fi
 RUN python3 -m venv --system-site-packages /opt/kube-mapserver
 WORKDIR /src
 COPY hack/image-constraints.txt /src/hack/image-constraints.txt
@@ -45,6 +53,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates mapcache-cgi mapcache-tools \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
+ && update-ca-certificates --fresh --localcertsdir /nonexistent >/dev/null \
  && groupadd --gid 10001 kms \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin kms
 COPY --from=build /opt/kube-mapserver /opt/kube-mapserver

@@ -4,11 +4,17 @@ kube-scheduler and kwok (one fake node), built from the Go module proxy by build
 
 Standard library only (plus the openssl CLI), so it runs before any venv exists.
 
-    hack/cluster.py up   [--dir DIR] [--port 6443]   start, wait for readiness, print the kubeconfig
+    hack/cluster.py up   [--dir DIR] [--port 6443] [--real-node]   start, wait, print the kubeconfig
     hack/cluster.py down [--dir DIR]                 stop the processes it started (by PID)
     hack/cluster.py status [--dir DIR]
 
 Pod and Service IPs in this plane are fake (kwok): nothing on the host connects to them.
+
+With --real-node the plane is ready for a real kubelet node (hack/node.py): it creates the node's
+bridge cni0 with 10.88.0.1/16 first, binds and advertises the apiserver on 10.88.0.1 only (so pods
+reach it through the `kubernetes` Service, 10.96.0.1:443, and nothing listens on an outside
+interface), guards 10.88.0.0/16 in INPUT to lo and cni0, gives the apiserver a kubelet client
+certificate and taints the kwok node `kwok.x-k8s.io/node=fake:NoSchedule`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -32,7 +39,15 @@ HACK = Path(__file__).resolve().parent
 REPO = HACK.parent
 DEFAULT_DIR = Path(os.environ.get("KMS_CLUSTER_DIR", REPO / ".kms" / "cluster"))
 NODE_NAME = "kwok-node-0"
+NODE_NAME_REAL = "kms-node"  # the real kubelet node of hack/node.py
 SERVICE_CIDR = "10.96.0.0/16"
+# the real node's bridge (hack/node.py): created by the plane in real-node mode, the apiserver lives on it
+BRIDGE = "cni0"
+BRIDGE_IP = "10.88.0.1"
+POD_CIDR = "10.88.0.0/16"
+GUARD_CHAIN = "KMS-BRIDGE-INPUT"
+GUARD_JUMP = ("-d", POD_CIDR, "-m", "comment", "--comment", "kms-bridge-guard", "-j", GUARD_CHAIN)
+FAKE_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
@@ -48,16 +63,18 @@ class ClusterError(RuntimeError):
 # binaries
 
 
-def binaries() -> dict[str, Path]:
-    """Build (once, cached by version) and locate the control-plane binaries."""
+def binaries(extra: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Build (once, cached by version) and locate the control-plane binaries (and `extra` ones,
+    e.g. kubelet and kube-proxy for hack/node.py)."""
     out = subprocess.run([str(HACK / "build-binaries.sh")], check=True, stdout=subprocess.PIPE, text=True)
     dirs = [Path(p) for p in out.stdout.strip().splitlines()[-1].split(":")]
+    names = (*COMPONENTS, "kubectl", *extra)
     found: dict[str, Path] = {}
-    for name in (*COMPONENTS, "kubectl"):
+    for name in names:
         for d in dirs:
             if (d / name).is_file():
                 found[name] = d / name
-    missing = {*COMPONENTS, "kubectl"} - found.keys()
+    missing = set(names) - found.keys()
     if missing:
         raise ClusterError(f"binaries missing after build: {sorted(missing)} (looked in {dirs})")
     return found
@@ -110,6 +127,52 @@ def _client_cert(pki: Path, name: str, cn: str, org: str | None = None) -> None:
     )
 
 
+def _server_cert(pki: Path, name: str, cn: str, sans: str) -> None:
+    """A serving certificate signed by the plane's CA (sans: openssl subjectAltName value)."""
+    (pki / f"{name}.ext").write_text(
+        f"subjectAltName={sans}\n"
+        "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+    )
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={cn}",
+        cwd=pki,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-out",
+        f"{name}.crt",
+        "-extfile",
+        f"{name}.ext",
+        cwd=pki,
+    )
+
+
+APISERVER_SANS = (
+    f"IP:127.0.0.1,IP:10.96.0.1,IP:{BRIDGE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+    "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+)
+
+
 def make_pki(pki: Path) -> None:
     """CA, apiserver serving cert, one client cert per component, service-account key pair."""
     if (pki / "done").exists():
@@ -132,43 +195,7 @@ def make_pki(pki: Path) -> None:
         "/CN=kube-mapserver-local-ca",
         cwd=pki,
     )
-    (pki / "apiserver.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
-        "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-    )
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "apiserver.key",
-        "-out",
-        "apiserver.csr",
-        "-subj",
-        "/CN=kube-apiserver",
-        cwd=pki,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "apiserver.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "3650",
-        "-out",
-        "apiserver.crt",
-        "-extfile",
-        "apiserver.ext",
-        cwd=pki,
-    )
+    _server_cert(pki, "apiserver", "kube-apiserver", APISERVER_SANS)
     _client_cert(pki, "admin", "kubernetes-admin", "system:masters")
     _client_cert(pki, "controller-manager", "system:kube-controller-manager")
     _client_cert(pki, "scheduler", "system:kube-scheduler")
@@ -176,6 +203,30 @@ def make_pki(pki: Path) -> None:
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
     (pki / "done").write_text("ok\n")
+
+
+def make_node_pki(pki: Path) -> None:
+    """The certificates a real node needs, signed by the plane's CA (idempotent): the kubelet's
+    client (system:node:kms-node in system:nodes) and serving (10.88.0.1, kms-node) certs, the
+    kube-proxy client (system:kube-proxy) and the apiserver's kubelet client
+    (kube-apiserver-kubelet-client, bound to ClusterRole system:kubelet-api-admin by up()).
+    A plane made before the bridge address was a SAN gets a new apiserver serving cert."""
+    ext = pki / "apiserver.ext"
+    if BRIDGE_IP not in (ext.read_text() if ext.exists() else ""):
+        _server_cert(pki, "apiserver", "kube-apiserver", APISERVER_SANS)
+    wanted = {
+        "kubelet": lambda: _client_cert(pki, "kubelet", f"system:node:{NODE_NAME_REAL}", "system:nodes"),
+        "kubelet-serving": lambda: _server_cert(
+            pki, "kubelet-serving", NODE_NAME_REAL, f"IP:{BRIDGE_IP},DNS:{NODE_NAME_REAL}"
+        ),
+        "kube-proxy": lambda: _client_cert(pki, "kube-proxy", "system:kube-proxy"),
+        "apiserver-kubelet-client": lambda: _client_cert(
+            pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client"
+        ),
+    }
+    for name, make in wanted.items():
+        if not (pki / f"{name}.crt").exists():
+            make()
 
 
 def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
@@ -307,7 +358,7 @@ def wait_for(what: str, probe, plane: Plane, state: dict, timeout: float, compon
 def api_get(state: dict, pki: Path, path: str, timeout: float = 5) -> tuple[int, bytes]:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    url = f"https://127.0.0.1:{state['ports']['apiserver']}{path}"
+    url = f"https://{state.get('host', '127.0.0.1')}:{state['ports']['apiserver']}{path}"
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
             return r.status, r.read()
@@ -318,7 +369,7 @@ def api_get(state: dict, pki: Path, path: str, timeout: float = 5) -> tuple[int,
 def api_send(state: dict, pki: Path, method: str, path: str, body: dict) -> tuple[int, bytes]:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    url = f"https://127.0.0.1:{state['ports']['apiserver']}{path}"
+    url = f"https://{state.get('host', '127.0.0.1')}:{state['ports']['apiserver']}{path}"
     req = urllib.request.Request(
         url, method=method, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
@@ -327,6 +378,150 @@ def api_send(state: dict, pki: Path, method: str, path: str, body: dict) -> tupl
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+# --------------------------------------------------------------------------------------------
+# real-node networking: the bridge the apiserver lives on, its INPUT guard, iptables helpers
+
+BUILTIN_CHAINS = {
+    "filter": {"INPUT", "FORWARD", "OUTPUT"},
+    "nat": {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+    "mangle": {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
+    "raw": {"PREROUTING", "OUTPUT"},
+    "security": {"INPUT", "FORWARD", "OUTPUT"},
+}
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command; with check, raise ClusterError showing its stderr when it fails."""
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise ClusterError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+def iptables_tables(save: str = "iptables-save") -> dict[str, dict]:
+    """{table: {"chains": {chain: policy or "-"}, "rules": [rule lines]}} as `save` prints them,
+    without counters and comments; {} when the command is missing."""
+    try:
+        out = run(save, check=False).stdout
+    except FileNotFoundError:
+        return {}
+    tables: dict[str, dict] = {}
+    table: dict = {}
+    for line in out.splitlines():
+        if line.startswith("*"):
+            table = tables.setdefault(line[1:], {"chains": {}, "rules": []})
+        elif line.startswith(":"):
+            name, policy = line[1:].split()[:2]
+            table["chains"][name] = policy
+        elif line.startswith("-A "):
+            table["rules"].append(line)
+    return tables
+
+
+def table_is_empty(name: str, table: dict) -> bool:
+    """Only built-in chains, all with policy ACCEPT, and no rules: the same as no table at all."""
+    return not table["rules"] and all(
+        chain in BUILTIN_CHAINS.get(name, ()) and policy == "ACCEPT"
+        for chain, policy in table["chains"].items()
+    )
+
+
+def nft_delete_table(family: str, table: str) -> None:
+    """Delete one nf_tables table (family "ip" or "ip6") over netlink: iptables-nft cannot delete
+    tables, and the `nft` CLI is not installed. Callers check the table is theirs and empty."""
+    nfnl_subsys_nftables, nft_msg_deltable = 10, 2
+    nlm_f_request, nlm_f_ack, nlmsg_error = 1, 4, 2
+
+    def msg(msg_type: int, flags: int, seq: int, fam: int, res_id: int, payload: bytes = b"") -> bytes:
+        body = struct.pack("=BB", fam, 0) + struct.pack("!H", res_id) + payload
+        return struct.pack("=IHHII", 16 + len(body), msg_type, flags, seq, 0) + body
+
+    name = table.encode() + b"\0"
+    attr = struct.pack("=HH", 4 + len(name), 1) + name  # NFTA_TABLE_NAME
+    attr += b"\0" * (-len(attr) % 4)
+    fam = {"ip": 2, "ip6": 10}[family]
+    batch = (
+        msg(0x10, nlm_f_request, 1, 0, nfnl_subsys_nftables)  # NFNL_MSG_BATCH_BEGIN
+        + msg((nfnl_subsys_nftables << 8) | nft_msg_deltable, nlm_f_request | nlm_f_ack, 2, fam, 0, attr)
+        + msg(0x11, nlm_f_request, 3, 0, nfnl_subsys_nftables)  # NFNL_MSG_BATCH_END
+    )
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
+        sock.settimeout(5)
+        sock.bind((0, 0))
+        sock.sendto(batch, (0, 0))
+        data = sock.recv(65536)
+    off = 0
+    while off + 16 <= len(data):
+        length, msg_type = struct.unpack_from("=IH", data, off)
+        if msg_type == nlmsg_error:
+            (err,) = struct.unpack_from("=i", data, off + 16)
+            if err:
+                raise OSError(-err, f"deleting nf_tables table {family} {table}: {os.strerror(-err)}")
+        off += max(length + (-length % 4), 16)
+
+
+def delete_new_empty_tables(before: dict[str, dict[str, dict]]) -> list[str]:
+    """Delete the ip/ip6 nf_tables tables that did not exist in `before` ({"ip": iptables_tables(),
+    "ip6": ...}) and are empty now; return what could not be deleted."""
+    failed = []
+    for family, save in (("ip", "iptables-save"), ("ip6", "ip6tables-save")):
+        for name, table in iptables_tables(save).items():
+            if name not in before.get(family, {}) and table_is_empty(name, table):
+                try:
+                    nft_delete_table(family, name)
+                except OSError as e:
+                    failed.append(str(e))
+    return failed
+
+
+def link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def bridge_up(plane: Plane, state: dict) -> None:
+    """Create the real node's bridge cni0 with 10.88.0.1/16 (IPv6 off on it) and the INPUT guard
+    (10.88.0.0/16 answers only lo and cni0), before the apiserver binds that address."""
+    if link_exists(BRIDGE):
+        raise ClusterError(
+            f"{BRIDGE} already exists: another real-node plane runs on this machine, or one was not "
+            "stopped (hack/cluster.py down --dir <its dir>); leaving it alone"
+        )
+    state["bridge"] = {
+        "tables_before": {"ip": iptables_tables("iptables-save"), "ip6": iptables_tables("ip6tables-save")}
+    }
+    plane.save(state)
+    run("iptables", "-w", "-N", GUARD_CHAIN)
+    run("iptables", "-w", "-A", GUARD_CHAIN, "-i", "lo", "-j", "RETURN")
+    run("iptables", "-w", "-A", GUARD_CHAIN, "-i", BRIDGE, "-j", "RETURN")
+    run("iptables", "-w", "-A", GUARD_CHAIN, "-j", "DROP")
+    run("iptables", "-w", "-I", "INPUT", *GUARD_JUMP)
+    run("ip", "link", "add", BRIDGE, "type", "bridge")
+    Path(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6").write_text("1\n")
+    run("ip", "addr", "add", f"{BRIDGE_IP}/16", "dev", BRIDGE)
+    run("ip", "link", "set", BRIDGE, "up")
+    log(f"bridge {BRIDGE} {BRIDGE_IP}/16 up, INPUT to {POD_CIDR} only from lo and {BRIDGE}")
+
+
+def bridge_down(state: dict) -> None:
+    """Undo bridge_up: the bridge (with its veths, addresses and routes), the guard, and the
+    nf_tables tables the guard created."""
+    if "bridge" not in state:
+        return
+    if link_exists(BRIDGE):
+        for veth in Path(f"/sys/class/net/{BRIDGE}/brif").iterdir():
+            run("ip", "link", "del", veth.name, check=False)
+        run("ip", "link", "del", BRIDGE)
+    while run("iptables", "-w", "-D", "INPUT", *GUARD_JUMP, check=False).returncode == 0:
+        pass
+    if GUARD_CHAIN in iptables_tables().get("filter", {}).get("chains", {}):
+        run("iptables", "-w", "-F", GUARD_CHAIN)
+        run("iptables", "-w", "-X", GUARD_CHAIN)
+    for problem in delete_new_empty_tables(state["bridge"]["tables_before"]):
+        log(f"could not remove: {problem}")
+    del state["bridge"]
+    log(f"bridge {BRIDGE} and its INPUT guard removed")
 
 
 FAKE_NODE = {
@@ -349,18 +544,27 @@ FAKE_NODE = {
 }
 
 
-def up(plane: Plane, port: int | None, timeout: float) -> None:
+def up(plane: Plane, port: int | None, timeout: float, real_node: bool = False) -> None:
+    """Start the plane and wait until it serves. real_node: ready for hack/node.py (see the module
+    docstring): apiserver on the bridge address 10.88.0.1, kubelet client cert, kwok node tainted."""
     started = time.monotonic()
     state = plane.load()
     if state.get("pids") and all(alive(p) for p in state["pids"].values()):
+        if bool(state.get("real_node")) != real_node:
+            raise ClusterError(
+                f"a plane runs in {plane.dir} with real_node={bool(state.get('real_node'))}; "
+                f"stop it first to start one with real_node={real_node}"
+            )
         log(f"already running; kubeconfig: {plane.kubeconfig}")
         return
-    if state.get("pids"):
+    if state.get("pids") or state.get("bridge"):
         down(plane)  # half-dead plane from an earlier run: clean it up first
     bins = binaries()
     plane.dir.mkdir(parents=True, exist_ok=True)
     pki = plane.dir / "pki"
     make_pki(pki)
+    if real_node:
+        make_node_pki(pki)
     ports = {
         "etcd": free_port(),
         "etcd_peer": free_port(),
@@ -369,14 +573,17 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
         "scheduler": free_port(),
         "kwok": free_port(),
     }
-    state = {"ports": ports, "pids": {}}
+    host = BRIDGE_IP if real_node else "127.0.0.1"
+    state = {"ports": ports, "pids": {}, "host": host, "real_node": real_node}
     plane.save(state)
-    server = f"https://127.0.0.1:{ports['apiserver']}"
+    server = f"https://{host}:{ports['apiserver']}"
     for user in ("admin", "controller-manager", "scheduler", "kwok"):
         write_kubeconfig(plane.dir / f"{user}.kubeconfig", server, pki, user)
     (plane.dir / "admin.kubeconfig").replace(plane.kubeconfig)
 
     try:
+        if real_node:
+            bridge_up(plane, state)
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
         start_process(
@@ -404,6 +611,23 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
 
         wait_for("etcd /health", etcd_ready, plane, state, timeout, "etcd")
 
+        if real_node:
+            # pods reach the apiserver through the `kubernetes` Service (10.96.0.1:443 -> kube-proxy ->
+            # 10.88.0.1): it binds and advertises the bridge address only (nothing on an outside
+            # interface), and logs/exec go to the kubelet by its InternalIP with a client cert
+            address_args = [
+                f"--bind-address={BRIDGE_IP}",
+                f"--advertise-address={BRIDGE_IP}",
+                "--endpoint-reconciler-type=lease",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            ]
+        else:
+            # loopback advertise address: the endpoint reconciler would refuse it
+            address_args = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+            address_args.append("--endpoint-reconciler-type=none")
         start_process(
             plane,
             state,
@@ -411,11 +635,8 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
             [
                 str(bins["kube-apiserver"]),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *address_args,
                 f"--secure-port={ports['apiserver']}",
-                # loopback advertise address: the endpoint reconciler would refuse it
-                "--endpoint-reconciler-type=none",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 f"--client-ca-file={pki / 'ca.crt'}",
                 f"--requestheader-client-ca-file={pki / 'ca.crt'}",
@@ -438,6 +659,28 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
             timeout,
             "kube-apiserver",
         )
+        if real_node:
+            binding = {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "kms:apiserver-kubelet-client"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "system:kubelet-api-admin",
+                },
+                "subjects": [
+                    {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "User",
+                        "name": "kube-apiserver-kubelet-client",
+                    }
+                ],
+            }
+            path = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+            code, body = api_send(state, pki, "POST", path, binding)
+            if code not in (201, 409):
+                raise ClusterError(f"could not bind the kubelet client role: HTTP {code} {body[:300]!r}")
 
         start_process(
             plane,
@@ -499,7 +742,10 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
             ],
         )
 
-        code, body = api_send(state, pki, "POST", "/api/v1/nodes", FAKE_NODE)
+        fake_node = json.loads(json.dumps(FAKE_NODE))
+        if real_node:  # only pods that tolerate it go to the fake node; the rest to the real one
+            fake_node["spec"] = {"taints": [FAKE_TAINT]}
+        code, body = api_send(state, pki, "POST", "/api/v1/nodes", fake_node)
         if code not in (201, 409):
             raise ClusterError(f"could not create the fake node: HTTP {code} {body[:300]!r}")
 
@@ -512,7 +758,10 @@ def up(plane: Plane, port: int | None, timeout: float) -> None:
         def node_schedulable() -> bool:
             _, raw = api_get(state, pki, f"/api/v1/nodes/{NODE_NAME}")
             taints = json.loads(raw).get("spec", {}).get("taints", [])
-            return not any(t.get("effect") in ("NoSchedule", "NoExecute") for t in taints)
+            return not any(
+                t.get("effect") in ("NoSchedule", "NoExecute") and t.get("key") != FAKE_TAINT["key"]
+                for t in taints
+            )
 
         wait_for(f"node {NODE_NAME} Ready", node_ready, plane, state, timeout, "kwok")
         wait_for(
@@ -587,6 +836,7 @@ def down(plane: Plane, grace: float = 10) -> list[int]:
     if pids:
         log("stopped" if not left else f"processes still alive: {left}")
     state["pids"] = {}
+    bridge_down(state)
     if plane.dir.exists():
         plane.save(state)
     return left
@@ -613,11 +863,16 @@ def main() -> int:
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"state directory (default {DEFAULT_DIR})")
     p.add_argument("--port", type=int, default=None, help="apiserver port (default: a free one)")
     p.add_argument("--timeout", type=float, default=90, help="seconds to wait for each component")
+    p.add_argument(
+        "--real-node",
+        action="store_true",
+        help="ready for a real kubelet node (hack/node.py): apiserver on 10.88.0.1, kwok node tainted",
+    )
     a = p.parse_args()
     plane = Plane(a.dir.resolve())
     try:
         if a.command == "up":
-            up(plane, a.port, a.timeout)
+            up(plane, a.port, a.timeout, real_node=a.real_node)
             print(plane.kubeconfig)
         elif a.command == "down":
             return 1 if down(plane) else 0

@@ -23,8 +23,8 @@ from tests.helpers import wait_until
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _load_cluster_module():
-    spec = importlib.util.spec_from_file_location("kms_hack_cluster", REPO / "hack" / "cluster.py")
+def _load_hack_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"kms_hack_{name}", REPO / "hack" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
@@ -32,7 +32,9 @@ def _load_cluster_module():
     return mod
 
 
-cluster_mod = _load_cluster_module()
+cluster_mod = _load_hack_module("cluster")
+node_mod = _load_hack_module("node")
+images_mod = _load_hack_module("images")
 
 
 @dataclass
@@ -42,6 +44,8 @@ class Cluster:
     kubeconfig: Path
     api: client.ApiClient
     local: bool  # started by this session (hack/cluster.py), as opposed to an existing cluster
+    real_node: bool = False  # pods really run (hack/node.py locally; any node of an existing cluster)
+    images: dict | None = None  # hack/images.py manifest: name -> {ref, archive, ...}
 
     @property
     def kubectl(self) -> list[str]:
@@ -50,31 +54,45 @@ class Cluster:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/unit are `unit`, under tests/integration `integration`."""
+    """Tests under tests/unit are `unit`, under tests/integration `integration`, tests/e2e `e2e`."""
     for item in items:
         parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
-        if parts[0] in ("unit", "integration", "smoke"):
+        if parts[0] in ("unit", "integration", "smoke", "e2e"):
             item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The local plane with a real kubelet node running the images built here (kwok's fake node
+    is tainted: only tests that tolerate it put pods there)."""
+    manifest = images_mod.build()
     existing = os.environ.get("KMS_TEST_KUBECONFIG")
     if existing:
-        yield Cluster(Path(existing), config.new_client_from_config(config_file=existing), local=False)
+        api = config.new_client_from_config(config_file=existing)
+        yield Cluster(Path(existing), api, local=False, real_node=True, images=manifest)
         return
-    plane = cluster_mod.Plane(tmp_path_factory.mktemp("plane"))
-    cluster_mod.up(plane, port=None, timeout=120)
+    base = tmp_path_factory.mktemp("plane")
+    plane = cluster_mod.Plane(base / "plane")
+    node = node_mod.Node(base / "node")
+    cluster_mod.up(plane, port=None, timeout=120, real_node=True)
     pids = dict(plane.load()["pids"])
+    try:
+        node_mod.up(node, plane, manifest)
+    except BaseException:
+        node_mod.down(node)
+        cluster_mod.down(plane)
+        raise
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
     try:
-        yield Cluster(plane.kubeconfig, api, local=True)
+        yield Cluster(plane.kubeconfig, api, local=True, real_node=True, images=manifest)
     finally:
         api.close()
+        node_left = node_mod.down(node)
         left = cluster_mod.down(plane)
-        # teardown proves the plane leaves no process behind
+        # teardown proves the plane and the node leave no process behind
         still = {name: pid for name, pid in pids.items() if cluster_mod.alive(pid)}
         assert not left and not still, f"control-plane processes survived shutdown: {still or left}"
+        assert not node_left, f"the node left something behind: {node_left}"
 
 
 @pytest.fixture

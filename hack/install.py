@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Install the product on the local plane's real node: the chart with the images built here
+(`hack/images.py`), into a namespace labelled for the `restricted` Pod Security level, with the
+data and tile-cache volumes as hostPath PersistentVolumes pre-bound to their claims.
+
+`make dev` and the end-to-end tests (tests/e2e) install it the same way.
+
+    hack/install.py up   --kubeconfig K [--namespace NS] [--data DIR] [--tiles DIR]
+    hack/install.py down --kubeconfig K [--namespace NS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+REPO = HACK.parent
+sys.path.insert(0, str(HACK))
+import chart  # noqa: E402
+import cluster  # noqa: E402
+
+RELEASE = "kube-mapserver"  # fullname = the chart name: kube-mapserver-operator, kube-mapserver-api
+NAMESPACE = "kube-mapserver"
+DATA_UID = 10001  # the product image's user: the facade uploads and job pods write here
+# Claims the examples (examples/data-volume.yaml, tile-cache-volume.yaml) and the chart use.
+VOLUMES = {"map-data": "2Gi", "tile-cache": "1Gi"}
+PSA_LABELS = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")} | {
+    f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")
+}
+
+
+def log(msg: str) -> None:
+    print(f"[install {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Kubectl:
+    """The pinned kubectl against one kubeconfig."""
+
+    kubeconfig: Path
+
+    def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        kubectl = str(cluster.binaries()["kubectl"])
+        r = subprocess.run(
+            [kubectl, f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and r.returncode:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({r.returncode}): {r.stderr or r.stdout}")
+        return r
+
+    def json(self, *args: str) -> dict:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def apply(self, objs: Sequence[dict]) -> None:
+        self.run(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}),
+        )
+
+
+def wait(what: str, probe: Callable[[], object], timeout: float = 300, interval: float = 0.5) -> object:
+    """Poll probe() until truthy; raise naming what was waited for."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            result = probe()
+            if result:
+                return result
+        except Exception as e:
+            last = f" (last error: {type(e).__name__}: {e})"
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{last}")
+
+
+def prepare_dir(path: Path, uid: int = DATA_UID) -> None:
+    """A hostPath volume folder the product's non-root users can use (owned by uid 10001)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, uid, uid)
+        os.chmod(root, 0o755)
+        for name in files:
+            os.chown(os.path.join(root, name), uid, uid)
+        for name in dirs:
+            os.chown(os.path.join(root, name), uid, uid)
+
+
+def volume_objects(namespace: str, dirs: dict[str, Path]) -> list[dict]:
+    """One hostPath PV per claim, pre-bound (claimRef) so that only that claim can take it."""
+    objs = []
+    for claim, folder in dirs.items():
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {
+                    "name": f"{namespace}-{claim}",
+                    "labels": {"kube-mapserver.io/local": namespace},
+                },
+                "spec": {
+                    "capacity": {"storage": VOLUMES.get(claim, "1Gi")},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(folder), "type": "Directory"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            }
+        )
+    return objs
+
+
+def namespace_object(namespace: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": PSA_LABELS}}
+
+
+def image_sets(manifest: dict) -> list[str]:
+    """helm --set flags naming the images built here (pulled never: they are on the node)."""
+
+    def split(ref: str) -> tuple[str, str]:
+        repo, _, tag = ref.rpartition(":")
+        return repo, tag
+
+    sets = []
+    for key, name in (
+        ("image", "kube-mapserver"),
+        ("mapserverImage", "mapserver"),
+        ("mapcacheImage", "mapcache"),
+    ):
+        repo, tag = split(manifest[name]["ref"])
+        sets += ["--set", f"{key}.repository={repo}", "--set", f"{key}.tag={tag}"]
+    return [*sets, "--set", "image.pullPolicy=IfNotPresent"]
+
+
+def install(
+    kubeconfig: Path,
+    manifest: dict,
+    namespace: str = NAMESPACE,
+    data_dir: Path | None = None,
+    tiles_dir: Path | None = None,
+    extra: Sequence[str] = (),
+    timeout: str = "5m",
+) -> None:
+    """Namespace (restricted), volumes, `helm upgrade --install --wait` with values-local.yaml."""
+    k = Kubectl(kubeconfig)
+    started = time.monotonic()
+    k.apply([namespace_object(namespace)])
+    dirs = {}
+    if data_dir:
+        prepare_dir(data_dir)
+        dirs["map-data"] = data_dir
+    if tiles_dir:
+        prepare_dir(tiles_dir)
+        dirs["tile-cache"] = tiles_dir
+    if dirs:
+        k.apply(volume_objects(namespace, dirs))
+    chart.ensure_helm()
+    args = [
+        "upgrade", "--install", RELEASE, str(chart.CHART),
+        "--namespace", namespace,
+        "-f", str(chart.CHART / "values-local.yaml"),
+        *image_sets(manifest),
+        # the examples bring the data claim (examples/data-volume.yaml); the chart only names it
+        "--set", "data.create=false",
+        "--set", "data.persistentVolumeClaim=map-data",
+        "--wait", "--timeout", timeout,
+        f"--kubeconfig={kubeconfig}",
+        *extra,
+    ]  # fmt: skip
+    log(f"helm {' '.join(args[:4])} (namespace {namespace})")
+    r = chart.helm(*args, check=False)
+    if r.returncode:
+        pods = k.run("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+        events = k.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout
+        raise RuntimeError(
+            f"helm install failed:\n{r.stdout}{r.stderr}\npods:\n{pods}\nevents:\n{events[-4000:]}"
+        )
+    log(f"installed in {time.monotonic() - started:.1f}s")
+
+
+def uninstall(kubeconfig: Path, namespace: str = NAMESPACE, timeout: float = 180) -> None:
+    """Delete the product's resources (the operator still runs their finalizers), then the release,
+    the namespace and its volumes."""
+    k = Kubectl(kubeconfig)
+    for kind in ("mapjobs", "mapservices", "mapdatasets"):
+        k.run("delete", kind, "--all", "-n", namespace, "--wait=false", check=False)
+    wait(
+        f"the custom resources in {namespace} to be gone",
+        lambda: not k.json("get", "mapjobs,mapservices,mapdatasets", "-n", namespace)["items"],
+        timeout,
+    )
+    chart.helm("uninstall", RELEASE, "-n", namespace, "--wait", f"--kubeconfig={kubeconfig}", check=False)
+    k.run("delete", "namespace", namespace, "--wait=true", "--timeout=180s", check=False)
+    k.run("delete", "pv", "-l", f"kube-mapserver.io/local={namespace}", check=False)
+
+
+def service_ip(kubeconfig: Path, namespace: str, name: str) -> str:
+    return Kubectl(kubeconfig).json("get", "service", name, "-n", namespace)["spec"]["clusterIP"]
+
+
+def admin_password(kubeconfig: Path, namespace: str = NAMESPACE) -> str:
+    secret = Kubectl(kubeconfig).json("get", "secret", f"{RELEASE}-admin", "-n", namespace)
+    return base64.b64decode(secret["data"]["password"]).decode()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["up", "down"])
+    p.add_argument("--kubeconfig", type=Path, required=True)
+    p.add_argument("--namespace", default=NAMESPACE)
+    p.add_argument("--data", type=Path)
+    p.add_argument("--tiles", type=Path)
+    a = p.parse_args()
+    if a.command == "down":
+        uninstall(a.kubeconfig, a.namespace)
+        return 0
+    import images
+
+    install(a.kubeconfig, images.build(), a.namespace, a.data, a.tiles)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

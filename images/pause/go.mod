@@ -1,0 +1,3 @@
+module kube-mapserver/images/pause
+
+go 1.21

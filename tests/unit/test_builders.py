@@ -47,7 +47,7 @@ def test_children_golden(case):
     children = builders.build_children(OWNER, spec, "MAP\nEND\n", "CONFIG\nEND\n", "abc123")
     text = yaml.safe_dump({k: v for k, v in children.items() if v is not None}, sort_keys=True, width=120)
     path = GOLDEN / f"{case}.yaml"
-    if os.environ.get("UPDATE_GOLDEN"):
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(text)
     assert path.read_text() == text, f"children changed; review and run UPDATE_GOLDEN=1 pytest {__file__}"
 

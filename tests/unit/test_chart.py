@@ -129,7 +129,7 @@ def test_golden(variant: str):
     """Every chart change shows up in review as a diff of tests/golden/chart/<variant>.yaml."""
     text = normalize(render(variant))
     path = GOLDEN / f"{variant}.yaml"
-    if os.environ.get("UPDATE_GOLDEN"):
+    if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     assert path.exists(), f"{path} missing: run UPDATE_GOLDEN=1 pytest {__file__}"

@@ -12,7 +12,6 @@ all: the node (its pods), then the plane. The state (etcd, images) stays in .kms
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
@@ -21,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cluster
-import images
 import install
 import node as node_mod
 import sample_data
+
+import images
 
 REPO = Path(__file__).resolve().parent.parent
 KMS = REPO / ".kms"
@@ -65,7 +65,9 @@ def service_lines(k: install.Kubectl, seen: dict[str, str]) -> list[str]:
             try:
                 tip = install.service_ip(k.kubeconfig, NAMESPACE, f"{name}-tiles")
                 text.append(f"  {name}: tiles http://{tip}:8080/wmts?SERVICE=WMTS&REQUEST=GetCapabilities")
-                text.append(f"  {name}: XYZ   http://{tip}:8080/gmaps/{{dataset}}@GoogleMapsCompatible/{{z}}/{{x}}/{{y}}.png")
+                text.append(
+                    f"  {name}: XYZ   http://{tip}:8080/gmaps/{{dataset}}@GoogleMapsCompatible/{{z}}/{{x}}/{{y}}.png"
+                )
             except RuntimeError:
                 pass
         if name == "ocean":
@@ -100,7 +102,8 @@ def main() -> int:
         ADMIN_PASSWORD_FILE.chmod(0o600)
         facade = f"http://{install.service_ip(plane.kubeconfig, NAMESPACE, 'kube-mapserver-api')}"
         print(
-            f"\nkube-mapserver dev is up in {time.monotonic() - started:.0f}s (real node, namespace {NAMESPACE}).\n"
+            f"\nkube-mapserver dev is up in {time.monotonic() - started:.0f}s "
+            f"(real node, namespace {NAMESPACE}).\n"
             f"  kubectl: hack/kubectl get pods        (KUBECONFIG={plane.kubeconfig})\n"
             f"  try:     hack/kubectl apply -f examples/ && hack/kubectl get mapdatasets,mapservices\n"
             f"  facade:  {facade}/docs  (admin, password in {ADMIN_PASSWORD_FILE.relative_to(REPO)})\n"

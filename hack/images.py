@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 SCRIPT_VERSION = "1"
@@ -73,6 +73,10 @@ APT::Install-Suggests "false";
 Acquire::Languages "none";
 Binary::apt::APT::Keep-Downloaded-Packages "false";
 """
+
+
+# (input hash, build function taking the ref to tag)
+Recipe = tuple[str, Callable[[str], None]]
 
 
 class ImageError(RuntimeError):
@@ -224,12 +228,11 @@ def image_exists(ref: str) -> bool:
 
 
 def image_bytes(ref: str) -> int:
-    """The uncompressed size of an image in the private storage (sum of its layers)."""
-    out = json.loads(capture([*buildah(), "images", "--json", ref]) or "[]")
-    for img in out:
-        if ref in (img.get("names") or []) and isinstance(img.get("size"), int):
-            return int(img["size"])
-    raise ImageError(f"cannot read the size of {ref}: {out!r}")
+    """The uncompressed size of an image built in the private storage (the sum of its layer tars;
+    an image pulled back from an archive lists its compressed sizes instead)."""
+    info = json.loads(capture([*buildah(), "inspect", "--type", "image", ref]))
+    layers = json.loads(info["Manifest"])["layers"]
+    return sum(int(layer["size"]) for layer in layers)
 
 
 def ensure_loaded(entry: dict) -> None:
@@ -661,6 +664,16 @@ class _Builder:
         logfile.write_text(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} building {entry['ref']}\n")
         start = time.monotonic()
         build(entry["ref"])
+        for _ in range(3):  # a file edited during the build: build again (mostly from cached layers)
+            again, build = prepare(logfile)
+            if again == digest:
+                break
+            log(f"{name}: its inputs changed during the build; building again")
+            subprocess.run([*buildah(), "rmi", entry["ref"]], capture_output=True, check=False)
+            digest, entry = again, self.entry(name, again)
+            build(entry["ref"])
+        else:
+            raise ImageError(f"{name}: its inputs keep changing during the build")
         built = time.monotonic() - start
         archive = Path(entry["archive"])
         tmp = archive.with_name(archive.name + ".tmp")
@@ -675,6 +688,9 @@ class _Builder:
             if stale != archive and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{12}}\.oci\.tar", stale.name):
                 stale.unlink()
         entry["bytes"] = image_bytes(entry["ref"])
+        previous = self.old.get(name, {}).get("ref")
+        if previous and previous != entry["ref"]:  # untag the replaced build (layers stay cached)
+            subprocess.run([*buildah(), "rmi", previous], capture_output=True, check=False)
         log(
             f"{name}: built in {built:.0f} s (+{time.monotonic() - start - built:.0f} s archive), "
             f"{entry['bytes'] / 1e6:.1f} MB, archive {archive.stat().st_size / 1e6:.1f} MB"
@@ -683,14 +699,14 @@ class _Builder:
 
     # -- per image: (input hash, build function)
 
-    def inputs_debian(self, logfile: Path):
+    def inputs_debian(self, logfile: Path) -> Recipe:
         """Debian base: suite, mirror, variant, sources and slimming rules."""
         mirror, security = debian_sources()
         sources = debian_sources_list(mirror, security)
         digest = input_hash("debian", SUITE, mirror, VARIANT, sources, DPKG_EXCLUDES, APT_CONF)
         return digest, lambda ref: build_debian(ref, self.work, logfile, mirror, sources)
 
-    def inputs_pause(self, logfile: Path):
+    def inputs_pause(self, logfile: Path) -> Recipe:
         """pause: its Go sources, its Containerfile and the Go version."""
         digest = input_hash("pause", hash_tree(IMAGES / "pause"), go_version())
 
@@ -701,7 +717,7 @@ class _Builder:
 
         return digest, build
 
-    def inputs_coredns(self, logfile: Path):
+    def inputs_coredns(self, logfile: Path) -> Recipe:
         """coredns: the pinned version's binary (built once) and the Containerfile."""
         binary = coredns_binary(logfile)
         digest = input_hash(
@@ -715,7 +731,7 @@ class _Builder:
 
         return digest, build
 
-    def inputs_kube_mapserver(self, logfile: Path):
+    def inputs_kube_mapserver(self, logfile: Path) -> Recipe:
         """kube-mapserver: the Dockerfile, its context (.dockerignore), the base and build args."""
         cas = ca_dir()
         base = self.new["debian"]
@@ -737,7 +753,7 @@ class _Builder:
 
         return digest, build
 
-    def _apache_image(self, name: str, logfile: Path):
+    def _apache_image(self, name: str, logfile: Path) -> Recipe:
         """mapserver / mapcache: images/<name>/ on top of the Debian base."""
         base = self.new["debian"]
         args = {"BASE_IMAGE": base["ref"]}
@@ -750,11 +766,11 @@ class _Builder:
 
         return digest, build
 
-    def inputs_mapserver(self, logfile: Path):
+    def inputs_mapserver(self, logfile: Path) -> Recipe:
         """mapserver: images/mapserver on the Debian base."""
         return self._apache_image("mapserver", logfile)
 
-    def inputs_mapcache(self, logfile: Path):
+    def inputs_mapcache(self, logfile: Path) -> Recipe:
         """mapcache: images/mapcache on the Debian base."""
         return self._apache_image("mapcache", logfile)
 

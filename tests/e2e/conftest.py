@@ -78,7 +78,9 @@ class Product:
         )
         assert r.status_code == 200, r.text
         token = r.json()["access_token"]
-        return httpx.Client(base_url=self.facade_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        return httpx.Client(
+            base_url=self.facade_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
 
 
 def condition(obj: dict, type_: str) -> dict:
@@ -108,7 +110,12 @@ def product(cluster, crds, tmp_path_factory) -> Iterator[Product]:
     wait_until(lambda: httpx.get(f"{facade}/health", timeout=5).status_code == 200, "facade /health 200")
     try:
         yield Product(
-            NAMESPACE, cluster.kubeconfig, data, tiles, facade, install.admin_password(cluster.kubeconfig, NAMESPACE)
+            NAMESPACE,
+            cluster.kubeconfig,
+            data,
+            tiles,
+            facade,
+            install.admin_password(cluster.kubeconfig, NAMESPACE),
         )
     finally:
         install.uninstall(cluster.kubeconfig, NAMESPACE)
@@ -120,6 +127,8 @@ def examples(product: Product) -> Product:
     cache), then everything Ready and served by the real MapServer pods."""
     product.k.run("apply", "-n", product.namespace, "-f", str(REPO / "examples"))
     for name in ("sst-sample", "zones-sample"):
-        wait_until(lambda n=name: ready(product.get("mapdataset", n)), f"MapDataset {name} Ready", timeout=180)
+        wait_until(
+            lambda n=name: ready(product.get("mapdataset", n)), f"MapDataset {name} Ready", timeout=180
+        )
     wait_until(lambda: ready(product.get("mapservice", "ocean")), "MapService ocean Ready", timeout=300)
     return product

@@ -28,7 +28,7 @@ def wms(base) -> WebMapService:
 
 
 def test_capabilities_list_every_example_layer_with_a_valid_extent(wms):
-    assert LAYERS <= set(wms.contents), sorted(wms.contents)
+    assert set(wms.contents) >= LAYERS, sorted(wms.contents)
     for name in LAYERS:
         minx, miny, maxx, maxy = wms[name].boundingBoxWGS84
         assert -180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90, (name, wms[name].boundingBoxWGS84)
@@ -104,4 +104,4 @@ def test_wcs_getcoverage_returns_the_source_values(base, tmp_path):
     assert ds is not None, out.read_bytes()[:300]
     values = ds.GetRasterBand(1).ReadAsArray()
     # the sample rises 0..30 from west to east: longitudes 0..90 hold about 15..22.5
-    assert 14 < float(values.min()) and float(values.max()) < 23.5, (values.min(), values.max())
+    assert float(values.min()) > 14 and float(values.max()) < 23.5, (values.min(), values.max())

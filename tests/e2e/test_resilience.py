@@ -14,7 +14,9 @@ from tests.pixels import drawn
 
 
 def _serves(url: str) -> bool:
-    r = httpx.get(url, params={"SERVICE": "WMS", "VERSION": "1.3.0", "REQUEST": "GetCapabilities"}, timeout=10)
+    r = httpx.get(
+        url, params={"SERVICE": "WMS", "VERSION": "1.3.0", "REQUEST": "GetCapabilities"}, timeout=10
+    )
     return r.status_code == 200 and "WMS_Capabilities" in r.text
 
 
@@ -38,8 +40,10 @@ def test_a_mapfile_mapserver_cannot_load_never_takes_down_the_serving_pods(examp
             "-p", '{"spec":{"projection":"EPSG:999999"}}')  # fmt: skip
     try:
         wait_until(
-            lambda: p.get("deployment", "ocean")["metadata"]["generation"] > deploy_gen
-            or condition(p.get("mapdataset", "zones-sample"), "Ready").get("status") == "False",
+            lambda: (
+                p.get("deployment", "ocean")["metadata"]["generation"] > deploy_gen
+                or condition(p.get("mapdataset", "zones-sample"), "Ready").get("status") == "False"
+            ),
             "the operator rolled a new mapfile or refused the dataset",
             timeout=120,
         )
@@ -54,8 +58,10 @@ def test_a_mapfile_mapserver_cannot_load_never_takes_down_the_serving_pods(examp
                 "-p", '[{"op":"remove","path":"/spec/projection"}]')  # fmt: skip
     wait_until(lambda: ready(p.get("mapservice", "ocean")), "ocean Ready again", timeout=240)
     wait_until(
-        lambda: (d := p.get("deployment", "ocean")["status"]).get("updatedReplicas") == d.get("replicas")
-        and d.get("readyReplicas") == d.get("replicas"),
+        lambda: (
+            (d := p.get("deployment", "ocean")["status"]).get("updatedReplicas") == d.get("replicas")
+            and d.get("readyReplicas") == d.get("replicas")
+        ),
         "the rollout back to a good mapfile",
         timeout=240,
     )
@@ -64,7 +70,8 @@ def test_a_mapfile_mapserver_cannot_load_never_takes_down_the_serving_pods(examp
 
 def _pod_ready(pod: dict) -> bool:
     return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in (pod.get("status") or {}).get("conditions", [])
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in (pod.get("status") or {}).get("conditions", [])
     )
 
 
@@ -74,8 +81,10 @@ def test_a_deleted_mapserver_pod_is_replaced_and_serving_again(examples):
     victim = pods[0]["metadata"]["name"]
     p.k.run("delete", "pod", victim, "-n", p.namespace, "--wait=true")
     wait_until(
-        lambda: len([x for x in _mapserver_pods(p) if _pod_ready(x) and x["metadata"]["name"] != victim])
-        >= len(pods),
+        lambda: (
+            len([x for x in _mapserver_pods(p) if _pod_ready(x) and x["metadata"]["name"] != victim])
+            >= len(pods)
+        ),
         "a replacement MapServer pod Ready",
         timeout=180,
     )
@@ -93,9 +102,14 @@ def test_the_operator_pod_killed_mid_change_converges_without_duplicates(example
             "apiVersion": "maps.kube-mapserver.io/v1alpha1",
             "kind": "MapDataset",
             "metadata": {"name": n, "namespace": p.namespace, "labels": {"collection": "ocean"}},
-            "spec": {"type": "raster", "source": {"path": "ocean/sst-sample.tif"}, "title": n,
-                     "style": {"colorRamp": "viridis", "classes": 4}, "protocols": ["WMS"]},
-        }  # fmt: skip
+            "spec": {
+                "type": "raster",
+                "source": {"path": "ocean/sst-sample.tif"},
+                "title": n,
+                "style": {"colorRamp": "viridis", "classes": 4},
+                "protocols": ["WMS"],
+            },
+        }
         for n in names
     ]
     op = p.pods("app.kubernetes.io/component=operator")
@@ -106,9 +120,11 @@ def test_the_operator_pod_killed_mid_change_converges_without_duplicates(example
         lambda: all(ready(p.get("mapdataset", n)) for n in names), "the burst datasets Ready", timeout=300
     )
     wait_until(
-        lambda: ready(svc := p.get("mapservice", "ocean"))
-        and svc["status"].get("observedGeneration") == svc["metadata"]["generation"]
-        and set(names) <= set(svc["status"].get("datasets", [])),
+        lambda: (
+            ready(svc := p.get("mapservice", "ocean"))
+            and svc["status"].get("observedGeneration") == svc["metadata"]["generation"]
+            and set(names) <= set(svc["status"].get("datasets", []))
+        ),
         "ocean serving the burst",
         timeout=300,
     )
@@ -119,7 +135,9 @@ def test_the_operator_pod_killed_mid_change_converges_without_duplicates(example
     live = p.get("deployment", "ocean")["spec"]["template"]["spec"]["volumes"]
     assert len({c["metadata"]["name"] for c in cms}) == len(cms)
     jobs = p.k.json("get", "jobs", "-n", p.namespace)["items"]
-    owners = [j["metadata"]["ownerReferences"][0]["name"] for j in jobs if j["metadata"].get("ownerReferences")]
+    owners = [
+        j["metadata"]["ownerReferences"][0]["name"] for j in jobs if j["metadata"].get("ownerReferences")
+    ]
     assert len(owners) == len(set(owners)), f"a MapJob got two Jobs: {owners}"
     assert live
     p.k.run("delete", "mapdataset", *names, "-n", p.namespace, "--wait=true", "--timeout=180s")

@@ -16,7 +16,11 @@ def test_the_namespace_enforces_restricted(product):
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "root-probe", "namespace": product.namespace},
-        "spec": {"containers": [{"name": "c", "image": "localhost/kms/pause:x", "securityContext": {"runAsUser": 0}}]},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "localhost/kms/pause:x", "securityContext": {"runAsUser": 0}}
+            ]
+        },
     }
     r = product.k.run("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
     assert r.returncode != 0 and "violates PodSecurity" in r.stderr, r.stderr
@@ -25,7 +29,11 @@ def test_the_namespace_enforces_restricted(product):
 def test_every_container_runs_non_root_with_a_read_only_root(examples):
     p = examples
     pods = wait_until(
-        lambda: [x for x in p.k.json("get", "pods", "-n", p.namespace)["items"] if x["status"]["phase"] == "Running"],
+        lambda: [
+            x
+            for x in p.k.json("get", "pods", "-n", p.namespace)["items"]
+            if x["status"]["phase"] == "Running"
+        ],
         "running pods",
     )
     components = {x["metadata"]["labels"].get("app.kubernetes.io/component") for x in pods}
@@ -38,7 +46,9 @@ def test_every_container_runs_non_root_with_a_read_only_root(examples):
             assert sc.get("readOnlyRootFilesystem") is True, (name, c["name"], sc)
             assert sc.get("allowPrivilegeEscalation") is False, (name, c["name"])
             # what the process really is, asked inside the running container
-            uid = p.k.run("exec", "-n", p.namespace, name, "-c", c["name"], "--", "sh", "-c", "id -u").stdout.strip()
+            uid = p.k.run(
+                "exec", "-n", p.namespace, name, "-c", c["name"], "--", "sh", "-c", "id -u"
+            ).stdout.strip()
             assert uid.isdigit() and int(uid) != 0, f"{name}/{c['name']} runs as uid {uid!r}"
             w = p.k.run(
                 "exec", "-n", p.namespace, name, "-c", c["name"], "--", "sh", "-c", "touch /kms-write-probe",

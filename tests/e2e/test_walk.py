@@ -56,8 +56,10 @@ def test_cog_convert_job_runs_in_a_real_pod_and_registers_its_output(examples):
     }
     examples.k.apply([job])
     done = wait_until(
-        lambda: (s := examples.get("mapjob", name).get("status") or {}).get("phase") in ("Succeeded", "Failed")
-        and s,
+        lambda: (
+            (s := examples.get("mapjob", name).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            and s
+        ),
         f"MapJob {name} finished",
         timeout=240,
     )

@@ -46,7 +46,11 @@ BRIDGE = "cni0"
 BRIDGE_IP = "10.88.0.1"
 POD_CIDR = "10.88.0.0/16"
 GUARD_CHAIN = "KMS-BRIDGE-INPUT"
-GUARD_JUMP = ("-d", POD_CIDR, "-m", "comment", "--comment", "kms-bridge-guard", "-j", GUARD_CHAIN)
+# INPUT jumps to the guard chain: what comes from the bridge, and what is addressed to it
+GUARD_JUMPS = (
+    ("-i", BRIDGE, "-m", "comment", "--comment", "kms-bridge-guard", "-j", GUARD_CHAIN),
+    ("-d", POD_CIDR, "-m", "comment", "--comment", "kms-bridge-guard", "-j", GUARD_CHAIN),
+)
 FAKE_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -355,12 +359,18 @@ def wait_for(what: str, probe, plane: Plane, state: dict, timeout: float, compon
     )
 
 
+def _opener(ctx: ssl.SSLContext) -> urllib.request.OpenerDirector:
+    """Straight to the apiserver: never through a proxy from the environment."""
+    handlers = (urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
+    return urllib.request.build_opener(*handlers)
+
+
 def api_get(state: dict, pki: Path, path: str, timeout: float = 5) -> tuple[int, bytes]:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
     url = f"https://{state.get('host', '127.0.0.1')}:{state['ports']['apiserver']}{path}"
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
+        with _opener(ctx).open(url, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -374,7 +384,7 @@ def api_send(state: dict, pki: Path, method: str, path: str, body: dict) -> tupl
         url, method=method, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+        with _opener(ctx).open(req, timeout=10) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -480,9 +490,12 @@ def link_exists(name: str) -> bool:
     return Path("/sys/class/net", name).exists()
 
 
-def bridge_up(plane: Plane, state: dict) -> None:
-    """Create the real node's bridge cni0 with 10.88.0.1/16 (IPv6 off on it) and the INPUT guard
-    (10.88.0.0/16 answers only lo and cni0), before the apiserver binds that address."""
+def bridge_up(plane: Plane, state: dict, apiserver_port: int) -> None:
+    """Create the real node's bridge cni0 with 10.88.0.1/16 (IPv6 off on it), after the INPUT
+    guard and before the apiserver binds that address. The guard: 10.88.0.0/16 answers only lo
+    and cni0, and from cni0 (pods) the host accepts only the apiserver port and replies to its own
+    connections (not the host's other services, whatever address they listen on). It lives in
+    the mangle table, which runs before filter, so no rule kube-proxy prepends there can precede it."""
     if link_exists(BRIDGE):
         raise ClusterError(
             f"{BRIDGE} already exists: another real-node plane runs on this machine, or one was not "
@@ -492,16 +505,20 @@ def bridge_up(plane: Plane, state: dict) -> None:
         "tables_before": {"ip": iptables_tables("iptables-save"), "ip6": iptables_tables("ip6tables-save")}
     }
     plane.save(state)
-    run("iptables", "-w", "-N", GUARD_CHAIN)
-    run("iptables", "-w", "-A", GUARD_CHAIN, "-i", "lo", "-j", "RETURN")
-    run("iptables", "-w", "-A", GUARD_CHAIN, "-i", BRIDGE, "-j", "RETURN")
-    run("iptables", "-w", "-A", GUARD_CHAIN, "-j", "DROP")
-    run("iptables", "-w", "-I", "INPUT", *GUARD_JUMP)
+    chain = ("iptables", "-w", "-t", "mangle", "-A", GUARD_CHAIN)
+    run("iptables", "-w", "-t", "mangle", "-N", GUARD_CHAIN)
+    run(*chain, "-i", "lo", "-j", "RETURN")
+    run(*chain, "-i", BRIDGE, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN")
+    apiserver = ("-d", f"{BRIDGE_IP}/32", "-p", "tcp", "--dport", str(apiserver_port))
+    run(*chain, "-i", BRIDGE, *apiserver, "-j", "RETURN")
+    run(*chain, "-j", "DROP")
+    for jump in GUARD_JUMPS:
+        run("iptables", "-w", "-t", "mangle", "-I", "INPUT", *jump)
     run("ip", "link", "add", BRIDGE, "type", "bridge")
     Path(f"/proc/sys/net/ipv6/conf/{BRIDGE}/disable_ipv6").write_text("1\n")
     run("ip", "addr", "add", f"{BRIDGE_IP}/16", "dev", BRIDGE)
     run("ip", "link", "set", BRIDGE, "up")
-    log(f"bridge {BRIDGE} {BRIDGE_IP}/16 up, INPUT to {POD_CIDR} only from lo and {BRIDGE}")
+    log(f"bridge {BRIDGE} {BRIDGE_IP}/16 up; from it the host accepts only the apiserver port")
 
 
 def bridge_down(state: dict) -> None:
@@ -513,11 +530,12 @@ def bridge_down(state: dict) -> None:
         for veth in Path(f"/sys/class/net/{BRIDGE}/brif").iterdir():
             run("ip", "link", "del", veth.name, check=False)
         run("ip", "link", "del", BRIDGE)
-    while run("iptables", "-w", "-D", "INPUT", *GUARD_JUMP, check=False).returncode == 0:
-        pass
-    if GUARD_CHAIN in iptables_tables().get("filter", {}).get("chains", {}):
-        run("iptables", "-w", "-F", GUARD_CHAIN)
-        run("iptables", "-w", "-X", GUARD_CHAIN)
+    for jump in GUARD_JUMPS:
+        while run("iptables", "-w", "-t", "mangle", "-D", "INPUT", *jump, check=False).returncode == 0:
+            pass
+    if GUARD_CHAIN in iptables_tables().get("mangle", {}).get("chains", {}):
+        run("iptables", "-w", "-t", "mangle", "-F", GUARD_CHAIN)
+        run("iptables", "-w", "-t", "mangle", "-X", GUARD_CHAIN)
     for problem in delete_new_empty_tables(state["bridge"]["tables_before"]):
         log(f"could not remove: {problem}")
     del state["bridge"]
@@ -583,7 +601,7 @@ def up(plane: Plane, port: int | None, timeout: float, real_node: bool = False) 
 
     try:
         if real_node:
-            bridge_up(plane, state)
+            bridge_up(plane, state, ports["apiserver"])
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
         start_process(
@@ -815,17 +833,18 @@ def restart(plane: Plane, component: str, timeout: float = 60) -> None:
 
 
 def down(plane: Plane, grace: float = 10) -> list[int]:
-    """Stop every process this plane started, newest first; return PIDs that would not die."""
+    """Stop every process this plane started, newest first and etcd last (an apiserver with the
+    lease endpoint reconciler removes its lease on the way out); return PIDs that would not die."""
     state = plane.load()
     pids = state.get("pids", {})
-    for name in reversed(list(pids)):
-        pid = pids[name]
-        if alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
-        time.sleep(0.1)
+    for batch in ([n for n in reversed(list(pids)) if n != "etcd"], [n for n in pids if n == "etcd"]):
+        for name in batch:
+            if alive(pids[name]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pids[name], signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(alive(pids[n]) for n in batch):
+            time.sleep(0.1)
     for name, pid in pids.items():
         if alive(pid):
             log(f"{name} (pid {pid}) ignored SIGTERM; sending SIGKILL")

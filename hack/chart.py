@@ -59,13 +59,15 @@ def ensure_helm() -> Path:
     return helm_path()
 
 
-def helm(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def helm(
+    *args: str, check: bool = True, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(helm_path()), *args],
         capture_output=True,
         text=True,
         check=check,
-        timeout=300,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ RELEASE = "kube-mapserver"  # fullname = the chart name: kube-mapserver-operator
 NAMESPACE = "kube-mapserver"
 DATA_UID = 10001  # the product image's user: the facade uploads and job pods write here
 # Claims the examples (examples/data-volume.yaml, tile-cache-volume.yaml) and the chart use.
-VOLUMES = {"map-data": "2Gi", "tile-cache": "1Gi"}
+VOLUMES = {"map-data": "1Gi", "tile-cache": "1Gi"}
 PSA_LABELS = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")} | {
     f"pod-security.kubernetes.io/{mode}-version": "latest" for mode in ("enforce", "audit", "warn")
 }
@@ -42,6 +43,11 @@ def log(msg: str) -> None:
     print(f"[install {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+@functools.cache
+def kubectl_path() -> Path:
+    return cluster.binaries()["kubectl"]
+
+
 @dataclass
 class Kubectl:
     """The pinned kubectl against one kubeconfig."""
@@ -49,7 +55,7 @@ class Kubectl:
     kubeconfig: Path
 
     def run(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        kubectl = str(cluster.binaries()["kubectl"])
+        kubectl = str(kubectl_path())
         r = subprocess.run(
             [kubectl, f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
@@ -103,9 +109,21 @@ def prepare_dir(path: Path, uid: int = DATA_UID) -> None:
 
 
 def volume_objects(namespace: str, dirs: dict[str, Path]) -> list[dict]:
-    """One hostPath PV per claim, pre-bound (claimRef) so that only that claim can take it."""
+    """One hostPath PV per claim, pre-bound (claimRef) so that only that claim can take it, and the
+    claim itself (the same spec as examples/*-volume.yaml, so applying those changes nothing)."""
     objs = []
     for claim, folder in dirs.items():
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        )
         objs.append(
             {
                 "apiVersion": "v1",
@@ -184,7 +202,7 @@ def install(
         *extra,
     ]  # fmt: skip
     log(f"helm {' '.join(args[:4])} (namespace {namespace})")
-    r = chart.helm(*args, check=False)
+    r = chart.helm(*args, check=False, timeout=600)
     if r.returncode:
         pods = k.run("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
         events = k.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout

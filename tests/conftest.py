@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from tests.helpers import wait_until
+from tests.helpers import ClusterDNSProxy, delete_data_volumes, share_with_pods, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,8 +33,6 @@ def _load_hack_module(name: str):
 
 
 cluster_mod = _load_hack_module("cluster")
-node_mod = _load_hack_module("node")
-images_mod = _load_hack_module("images")
 
 
 @dataclass
@@ -65,9 +63,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The local plane with a real kubelet node running the images built here (kwok's fake node
     is tainted: only tests that tolerate it put pods there)."""
+    node_mod, images_mod = _load_hack_module("node"), _load_hack_module("images")
     manifest = images_mod.build()
     existing = os.environ.get("KMS_TEST_KUBECONFIG")
     if existing:
+        if os.environ.get("KMS_TEST_NODE_DIR"):  # a hack/node.py node of this machine: give it the images
+            node_mod.import_images(node_mod.Node(Path(os.environ["KMS_TEST_NODE_DIR"])), manifest)
         api = config.new_client_from_config(config_file=existing)
         yield Cluster(Path(existing), api, local=False, real_node=True, images=manifest)
         return
@@ -105,6 +106,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name, propagation_policy="Background")
+        delete_data_volumes(cluster.api, name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +151,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.write_samples(root)
+    share_with_pods(root)  # job pods (uid 10001) write here, MapServer pods (uid 33) read
     return root
 
 
@@ -212,17 +215,23 @@ class OperatorProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def image_env(cluster: Cluster) -> dict[str, str]:
+    """The operator's default images: the ones built here (hack/images.py) and on the node."""
+    images = cluster.images or {}
+    refs = {
+        "KMS_MAPSERVER_IMAGE": "mapserver",
+        "KMS_TILES_IMAGE": "mapcache",
+        "KMS_JOB_IMAGE": "kube-mapserver",
+    }
+    return {var: images[name]["ref"] for var, name in refs.items() if name in images}
+
+
 @pytest.fixture(scope="session")
-def operator_process(
-    cluster: Cluster,
-    crds,
-    data_root: Path,
-    tmp_path_factory,
-    local_mapserver_port: int,
-    local_tilecache_port: int,
-) -> Iterator[OperatorProcess]:
+def operator_process(cluster: Cluster, crds, data_root: Path, tmp_path_factory) -> Iterator[OperatorProcess]:
     """One operator for the session, watching all namespaces. Its watches are closed by the
-    apiserver every few seconds on purpose, so every test also exercises the reconnect."""
+    apiserver every few seconds on purpose, so every test also exercises the reconnect. The pods it
+    creates really run (MapServer, tile cache, job pods) from the images built here; status URLs
+    are the in-cluster defaults (helpers.host_url opens them from this host)."""
     proc = OperatorProcess(
         cluster.kubeconfig,
         data_root,
@@ -230,8 +239,7 @@ def operator_process(
         KMS_WATCH_SERVER_TIMEOUT="5",
         KMS_DEBOUNCE_SECONDS="0.2",
         KMS_LEASE_SECONDS="4",
-        KMS_SERVICE_URL_TEMPLATE=f"http://127.0.0.1:{local_mapserver_port}/{{namespace}}/{{name}}/",
-        KMS_TILES_URL_TEMPLATE=f"http://127.0.0.1:{local_tilecache_port}/{{namespace}}/{{name}}/",
+        **image_env(cluster),
     )
     proc.start()
     try:
@@ -240,107 +248,16 @@ def operator_process(
         proc.stop()
 
 
-def _hack_process(log_path: Path, script: str, *args: str) -> subprocess.Popen:
-    """A hack/ helper process (local dev servers) run with the venv, logging to log_path."""
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "python"), str(REPO / "hack" / script), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-
-def _answers(base: str) -> bool:
-    """Something answers HTTP at base (any status: a 404 for "/" is an answer)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(base + "/", timeout=2)
-    except urllib.error.HTTPError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _stop(proc: subprocess.Popen, grace: float = 10) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="session")
-def local_mapserver_port() -> int:
-    """The loopback port of hack/local_mapserver.py (the URL the operator writes into status)."""
-    return cluster_mod.free_port()
-
-
-@pytest.fixture(scope="session")
-def local_mapserver(cluster: Cluster, local_mapserver_port: int, tmp_path_factory) -> Iterator[str]:
-    """hack/local_mapserver.py: serves each MapService's current mapfile with real MapServer."""
-    proc = _hack_process(
-        tmp_path_factory.mktemp("mapserver") / "local-mapserver.log",
-        "local_mapserver.py",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "--port",
-        str(local_mapserver_port),
-    )
-    base = f"http://127.0.0.1:{local_mapserver_port}"
+def cluster_dns_proxy(cluster: Cluster) -> Iterator[ClusterDNSProxy]:
+    """An HTTP proxy that resolves cluster DNS names (Service.namespace.svc.cluster.local) for the
+    processes this host runs (the facade renders thumbnails through a MapService's status URL)."""
+    proxy = ClusterDNSProxy(cluster.api)
+    proxy.start()
     try:
-        wait_until(lambda: _answers(base), "local mapserver listening", timeout=30)
-        yield base
+        yield proxy
     finally:
-        _stop(proc)
-
-
-@pytest.fixture(scope="session")
-def local_tilecache_port() -> int:
-    """The loopback port of hack/local_tilecache.py (the tile URLs the operator writes into status)."""
-    return cluster_mod.free_port()
-
-
-@pytest.fixture(scope="session")
-def local_tilecache(cluster: Cluster, local_tilecache_port: int, tmp_path_factory) -> Iterator[str]:
-    """hack/local_tilecache.py: real MapCache for every MapService tile cache, on loopback."""
-    tmp = tmp_path_factory.mktemp("tilecache")
-    proc = _hack_process(
-        tmp / "local-tilecache.log",
-        "local_tilecache.py",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-        "--port",
-        str(local_tilecache_port),
-        "--state-dir",
-        str(tmp / "state"),
-    )
-    base = f"http://127.0.0.1:{local_tilecache_port}"
-    try:
-        wait_until(lambda: _answers(base), "local tile cache listening", timeout=30)
-        yield base
-    finally:
-        _stop(proc)
-
-
-@pytest.fixture(scope="session")
-def local_runner(cluster: Cluster, tmp_path_factory) -> Iterator[subprocess.Popen]:
-    """hack/local_runner.py: runs job pods' commands on this machine (the plane's kubelet is fake)."""
-    if not cluster.local:
-        pytest.skip("job pods run for real on a real cluster")
-    proc = _hack_process(
-        tmp_path_factory.mktemp("runner") / "local-runner.log",
-        "local_runner.py",
-        "--kubeconfig",
-        str(cluster.kubeconfig),
-    )
-    try:
-        yield proc
-    finally:
-        _stop(proc)
+        proxy.stop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,9 +378,10 @@ class FacadeProcess:
 
 
 @pytest.fixture(scope="session")
-def facade_factory(cluster: Cluster, crds, data_root: Path, tmp_path_factory):
+def facade_factory(cluster: Cluster, crds, data_root: Path, tmp_path_factory, cluster_dns_proxy):
     """start(**env) → a FacadeProcess on a fresh namespace (with the map-data volume and users
-    admin/editor/viewer); everything started is stopped at the end of the session."""
+    admin/editor/viewer); everything started is stopped at the end of the session. Its plain-HTTP
+    requests to cluster DNS names (a MapService's status URL) go through cluster_dns_proxy."""
     import contextlib
 
     from tests.helpers import make_data_volume
@@ -477,7 +395,9 @@ def facade_factory(cluster: Cluster, crds, data_root: Path, tmp_path_factory):
         make_data_volume(cluster.api, ns, root or data_root)
         kubeconfig = Path(env.pop("KUBECONFIG", cluster.kubeconfig))
         log_path = tmp_path_factory.mktemp("facade") / "facade.log"
-        proc = FacadeProcess(kubeconfig, ns, root or data_root, log_path, **env)
+        proc = FacadeProcess(
+            kubeconfig, ns, root or data_root, log_path, **{**cluster_dns_proxy.env(), **env}
+        )
         started.append(proc)
         if users:
             for name, role in FacadeProcess.ROLES:
@@ -490,11 +410,12 @@ def facade_factory(cluster: Cluster, crds, data_root: Path, tmp_path_factory):
         proc.stop()
         with contextlib.suppress(client.ApiException):
             core.delete_namespace(proc.namespace, propagation_policy="Background")
+        delete_data_volumes(cluster.api, proc.namespace)
 
 
 @pytest.fixture(scope="session")
-def facade(facade_factory, operator_process, local_runner) -> FacadeProcess:
-    """The shared facade of the API tests, with the real operator and job runner behind it."""
+def facade(facade_factory, operator_process) -> FacadeProcess:
+    """The shared facade of the API tests, with the real operator behind it (job pods run)."""
     return facade_factory(
         KMS_OPERATOR_HEALTH_URL=f"http://127.0.0.1:{operator_process.liveness_port}/healthz",
         KMS_WATCH_TIMEOUT="5",

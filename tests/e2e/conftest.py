@@ -8,6 +8,7 @@ their own operator process: two operators must never reconcile the same namespac
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,7 +96,8 @@ def ready(obj: dict) -> bool:
 def product(cluster, crds, tmp_path_factory) -> Iterator[Product]:
     if not cluster.real_node:
         pytest.fail("the e2e tests need the real node (the local plane starts it; KMS_TEST_KUBECONFIG: kind)")
-    root = tmp_path_factory.mktemp("e2e")
+    # KMS_E2E_KEEP=1 keeps the install between runs: then its volumes need a stable folder
+    root = REPO / ".kms" / "e2e" if os.environ.get("KMS_E2E_KEEP") else tmp_path_factory.mktemp("e2e")
     data, tiles = root / "data", root / "tiles"
     sample_data.write_samples(data)
     install.install(
@@ -118,7 +120,8 @@ def product(cluster, crds, tmp_path_factory) -> Iterator[Product]:
             install.admin_password(cluster.kubeconfig, NAMESPACE),
         )
     finally:
-        install.uninstall(cluster.kubeconfig, NAMESPACE)
+        if not os.environ.get("KMS_E2E_KEEP"):  # KMS_E2E_KEEP=1 leaves it installed to look at
+            install.uninstall(cluster.kubeconfig, NAMESPACE)
 
 
 @pytest.fixture(scope="package")

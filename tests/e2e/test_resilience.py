@@ -22,7 +22,7 @@ def _serves(url: str) -> bool:
 
 def _getmap(url: str) -> bytes:
     wms = WebMapService(url, version="1.3.0", timeout=60)
-    return wms.getmap(layers=["kms_sst-sample"], styles=[""], srs="EPSG:4326", bbox=(-90, -180, 90, 180),
+    return wms.getmap(layers=["kms_sst-sample"], styles=[""], srs="EPSG:4326", bbox=(-180, -90, 180, 90),
                       size=(180, 90), format="image/png", transparent=True).read()  # fmt: skip
 
 

@@ -67,8 +67,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     manifest = images_mod.build()
     existing = os.environ.get("KMS_TEST_KUBECONFIG")
     if existing:
-        if os.environ.get("KMS_TEST_NODE_DIR"):  # a hack/node.py node of this machine: give it the images
-            node_mod.import_images(node_mod.Node(Path(os.environ["KMS_TEST_NODE_DIR"])), manifest)
+        # a hack/node.py node of this machine (KMS_TEST_NODE_DIR, or `node/` beside the kubeconfig)
+        # gets the images built for this run
+        node_dir = Path(os.environ.get("KMS_TEST_NODE_DIR") or Path(existing).resolve().parent / "node")
+        if (node_dir / "state.json").exists():
+            node_mod.import_images(node_mod.Node(node_dir), manifest)
         api = config.new_client_from_config(config_file=existing)
         yield Cluster(Path(existing), api, local=False, real_node=True, images=manifest)
         return

@@ -55,7 +55,7 @@ def _merc(lon: float, lat: float) -> tuple[float, float]:
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_every_layer_renders_in_4326(wms, layer):
-    # OWSLib takes lon/lat and sends 1.3.0 lat/lon order itself: 360x180 pixels of one degree each; x = lon + 180, y = 90 - lat
+    # OWSLib takes lon/lat (it sends 1.3.0 lat/lon itself); 360x180 pixels: x = lon + 180, y = 90 - lat
     img = _getmap(wms, [layer], "EPSG:4326", (-180, -90, 180, 90))
     if layer == "kms_zones-sample":
         drawn(img, 0.005, at={(190, 30): PROTECTED, (190, 60): FISHING, (80, 90): None})

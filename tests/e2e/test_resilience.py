@@ -8,7 +8,7 @@ import uuid
 import httpx
 from owslib.wms import WebMapService
 
-from tests.e2e.conftest import condition, ready
+from tests.e2e.conftest import ready
 from tests.helpers import wait_until
 from tests.pixels import drawn
 
@@ -30,24 +30,41 @@ def _mapserver_pods(p) -> list[dict]:
     return p.pods("app.kubernetes.io/instance=ocean,app.kubernetes.io/component=mapserver")
 
 
+def _pod_ready(pod: dict) -> bool:
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in (pod.get("status") or {}).get("conditions", [])
+    )
+
+
+def _init_failed(pod: dict) -> bool:
+    """The pod's mapfile check (init container) exited non-zero, now or before a restart."""
+    for st in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        for state in (st.get("state") or {}, st.get("lastState") or {}):
+            if (state.get("terminated") or {}).get("exitCode", 0) != 0:
+                return True
+    return False
+
+
 def test_a_mapfile_mapserver_cannot_load_never_takes_down_the_serving_pods(examples):
     p = examples
     url = p.service_url("ocean")
-    before = {pod["metadata"]["name"] for pod in _mapserver_pods(p)}
+    before = {pod["metadata"]["name"] for pod in _mapserver_pods(p) if _pod_ready(pod)}
     deploy_gen = p.get("deployment", "ocean")["metadata"]["generation"]
     # an EPSG code PROJ does not know: the mapfile is valid syntax, MapServer refuses to load it
     p.k.run("patch", "mapdataset", "zones-sample", "-n", p.namespace, "--type=merge",
             "-p", '{"spec":{"projection":"EPSG:999999"}}')  # fmt: skip
     try:
-        wait_until(
-            lambda: (
-                p.get("deployment", "ocean")["metadata"]["generation"] > deploy_gen
-                or condition(p.get("mapdataset", "zones-sample"), "Ready").get("status") == "False"
-            ),
-            "the operator rolled a new mapfile or refused the dataset",
-            timeout=120,
-        )
-        # while the new pod fails its mapfile check, the old pods keep serving
+        # the new pod's mapfile check (its init container runs the real mapserv) fails
+        failed = wait_until(
+            lambda: [x for x in _mapserver_pods(p) if _init_failed(x)],
+            "a new MapServer pod failing its mapfile check",
+            timeout=180,
+        )[0]
+        assert p.get("deployment", "ocean")["metadata"]["generation"] > deploy_gen
+        log = p.k.run("logs", "-n", p.namespace, failed["metadata"]["name"], "-c", "check-mapfile").stdout
+        assert "msProcessProjection" in log, log[-500:]
+        # while it fails, the old pods keep serving
         for _ in range(10):
             assert _serves(url)
         drawn(_getmap(url), 0.9)
@@ -56,11 +73,12 @@ def test_a_mapfile_mapserver_cannot_load_never_takes_down_the_serving_pods(examp
     finally:
         p.k.run("patch", "mapdataset", "zones-sample", "-n", p.namespace, "--type=json",
                 "-p", '[{"op":"remove","path":"/spec/projection"}]')  # fmt: skip
-    wait_until(lambda: ready(p.get("mapservice", "ocean")), "ocean Ready again", timeout=240)
     wait_until(
         lambda: (
-            (d := p.get("deployment", "ocean")["status"]).get("updatedReplicas") == d.get("replicas")
+            ready(p.get("mapservice", "ocean"))
+            and (d := p.get("deployment", "ocean")["status"]).get("updatedReplicas") == d.get("replicas")
             and d.get("readyReplicas") == d.get("replicas")
+            and not [x for x in _mapserver_pods(p) if not _pod_ready(x)]
         ),
         "the rollout back to a good mapfile",
         timeout=240,
@@ -68,22 +86,15 @@ def test_a_mapfile_mapserver_cannot_load_never_takes_down_the_serving_pods(examp
     assert _serves(url)
 
 
-def _pod_ready(pod: dict) -> bool:
-    return any(
-        c["type"] == "Ready" and c["status"] == "True"
-        for c in (pod.get("status") or {}).get("conditions", [])
-    )
-
-
 def test_a_deleted_mapserver_pod_is_replaced_and_serving_again(examples):
     p = examples
-    pods = _mapserver_pods(p)
-    victim = pods[0]["metadata"]["name"]
+    replicas = p.get("deployment", "ocean")["spec"]["replicas"]
+    victim = next(x for x in _mapserver_pods(p) if _pod_ready(x))["metadata"]["name"]
     p.k.run("delete", "pod", victim, "-n", p.namespace, "--wait=true")
     wait_until(
         lambda: (
             len([x for x in _mapserver_pods(p) if _pod_ready(x) and x["metadata"]["name"] != victim])
-            >= len(pods)
+            >= replicas
         ),
         "a replacement MapServer pod Ready",
         timeout=180,
@@ -105,6 +116,7 @@ def test_the_operator_pod_killed_mid_change_converges_without_duplicates(example
             "spec": {
                 "type": "raster",
                 "source": {"path": "ocean/sst-sample.tif"},
+                "identifier": f"kms:{n}",
                 "title": n,
                 "style": {"colorRamp": "viridis", "classes": 4},
                 "protocols": ["WMS"],

@@ -90,7 +90,7 @@ def test_seeding_job_fills_the_cache_and_the_tile_pod_serves_xyz_and_wmts(exampl
     assert jobs, "no seeding job"
     tiles = list(examples.tiles_dir.rglob("*.png"))
     assert len(tiles) >= 5, f"the seeding pod wrote {len(tiles)} tiles into the cache volume"
-    xyz = examples.host_url(tc["xyz"].replace("{z}/{x}/{y}", "1/1/0"))
+    xyz = examples.host_url(tc["xyz"].replace("{dataset}", "sst-sample").replace("{z}/{x}/{y}", "1/1/0"))
     r = httpx.get(xyz, timeout=60)
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/"), (xyz, r.text[:300])
     drawn(r.content, 0.2)

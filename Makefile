@@ -4,7 +4,7 @@ PY := .venv/bin/python
 CLUSTER_DIR ?= $(CURDIR)/.kms/cluster
 PYTEST_ARGS ?=
 
-.PHONY: help setup binaries cluster-up cluster-down cluster-status dev test test-unit test-integration lint crds bench clean
+.PHONY: help setup binaries cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e lint crds bench node-down clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -27,17 +27,20 @@ cluster-down:  ## stop the local control plane
 cluster-status:
 	/usr/bin/python3 hack/cluster.py status --dir $(CLUSTER_DIR)
 
-dev: setup  ## run the product locally: control plane + CRDs + operator + facade (Ctrl-C stops all)
+dev: setup binaries helm images  ## run the product: control plane + real node + the chart, all pods real (Ctrl-C stops all)
 	$(PY) hack/dev.py --dir $(CLUSTER_DIR)
 
-test: setup binaries helm  ## the whole suite: unit + integration (starts its own control plane)
+test: setup binaries helm images  ## the whole suite: unit, e2e and integration (starts its own plane and real node)
 	hack/run-pytest.sh $(PYTEST_ARGS)
 
 test-unit: setup helm  ## pure-function tests, no cluster
 	hack/run-pytest.sh -m unit $(PYTEST_ARGS)
 
-test-integration: setup binaries helm  ## tests against a real kube-apiserver
+test-integration: setup binaries helm images  ## tests against a real kube-apiserver and real pods
 	hack/run-pytest.sh -m integration $(PYTEST_ARGS)
+
+test-e2e: setup binaries helm images  ## the chart installed on the real node, walked end to end
+	hack/run-pytest.sh -m e2e $(PYTEST_ARGS)
 
 lint: setup  ## ruff
 	.venv/bin/ruff check .
@@ -54,13 +57,19 @@ bench: setup binaries .kms/bench-venv/.done  ## benchmarks (not part of make tes
 	.kms/bench-venv/bin/pip install -q -r bench/requirements-tools.txt
 	@touch $@
 
-clean: cluster-down
+node-down:  ## stop a real node left running (make dev stops its own) and restore the machine
+	/usr/bin/python3 hack/node.py down --dir $(CURDIR)/.kms/node
+
+clean: node-down cluster-down
 	rm -rf .kms
 
 # ---------------------------------------------------------------------------------------------
 # Shipping: Helm chart, plain manifests, image, smoke walks, kind (hack/tool-versions.env pins
 # helm, actionlint and kind; built once from the Go module proxy into ~/.cache/kube-mapserver/bin).
-.PHONY: helm manifests chart-lint actionlint smoke smoke-local kind-up kind-smoke kind-logs kind-down
+.PHONY: helm manifests chart-lint actionlint smoke kind-up kind-smoke kind-logs kind-down images
+
+images: setup  ## build every image with buildah, no registry (IMAGES_ARGS="--only mapserver"): OCI archives + manifest.json in ~/.cache/kube-mapserver/images
+	/usr/bin/python3 hack/images.py build $(IMAGES_ARGS)
 
 helm:  ## build helm and actionlint once (cached); the chart tests need them
 	hack/build-helm.sh --actionlint
@@ -79,9 +88,6 @@ actionlint: helm  ## lint .github/workflows
 
 smoke:  ## smoke walk against a running product: KMS_URL (default http://127.0.0.1:8000), KMS_PASSWORD
 	PYTHON=$(PY) hack/smoke.sh
-
-smoke-local: setup binaries  ## smoke walk against a fresh local stack (started and stopped here)
-	$(PY) hack/smoke_local.py
 
 kind-up:  ## kind cluster + image build/load + helm install with values-local (needs Docker)
 	hack/kind.sh up

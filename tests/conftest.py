@@ -21,6 +21,7 @@ from kubernetes import client, config
 from tests.helpers import ClusterDNSProxy, delete_data_volumes, share_with_pods, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.suite_policy"]  # unexpected skips and empty markers fail the run
 
 
 def _load_hack_module(name: str):
@@ -218,6 +219,14 @@ class OperatorProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def foreign_operators(cluster: Cluster) -> list[str]:
+    """namespace/name of the chart-installed operator Deployments of the cluster."""
+    deployments = client.AppsV1Api(cluster.api).list_deployment_for_all_namespaces(
+        label_selector="app.kubernetes.io/component=operator,app.kubernetes.io/part-of=kube-mapserver"
+    )
+    return [f"{d.metadata.namespace}/{d.metadata.name}" for d in deployments.items]
+
+
 def image_env(cluster: Cluster) -> dict[str, str]:
     """The operator's default images: the ones built here (hack/images.py) and on the node."""
     images = cluster.images or {}
@@ -234,7 +243,16 @@ def operator_process(cluster: Cluster, crds, data_root: Path, tmp_path_factory) 
     """One operator for the session, watching all namespaces. Its watches are closed by the
     apiserver every few seconds on purpose, so every test also exercises the reconnect. The pods it
     creates really run (MapServer, tile cache, job pods) from the images built here; status URLs
-    are the in-cluster defaults (helpers.host_url opens them from this host)."""
+    are the in-cluster defaults (helpers.host_url opens them from this host).
+
+    It reconciles every namespace, so it starts only once no installed operator runs (e.g. the
+    end-to-end suite's chart in a shared cluster): two operators must never share a namespace."""
+    wait_until(
+        lambda: not foreign_operators(cluster),
+        "no other kube-mapserver operator in the cluster (an installed chart)",
+        timeout=1800,
+        interval=5,
+    )
     proc = OperatorProcess(
         cluster.kubeconfig,
         data_root,

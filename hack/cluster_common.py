@@ -1,0 +1,153 @@
+"""The local control plane's names and addresses, its state (Plane) and its processes: the
+binaries, starting a component with its log, liveness, waiting for a condition.
+
+Shared by the modules of hack/cluster.py and hack/node.py; standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+REPO = HACK.parent
+DEFAULT_DIR = Path(os.environ.get("KMS_CLUSTER_DIR", REPO / ".kms" / "cluster"))
+NODE_NAME = "kwok-node-0"
+NODE_NAME_REAL = "kms-node"  # the real kubelet node of hack/node.py
+SERVICE_CIDR = "10.96.0.0/16"
+# the real node's bridge (hack/node.py): created by the plane in real-node mode, the apiserver lives on it
+BRIDGE = "cni0"
+BRIDGE_IP = "10.88.0.1"
+POD_CIDR = "10.88.0.0/16"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def log(msg: str) -> None:
+    print(f"[cluster {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class ClusterError(RuntimeError):
+    """The plane could not be started; the message names the component and shows its log."""
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a command; with check, raise ClusterError showing its stderr when it fails."""
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise ClusterError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+def binaries(extra: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Build (once, cached by version) and locate the control-plane binaries (and `extra` ones,
+    e.g. kubelet and kube-proxy for hack/node.py)."""
+    out = subprocess.run([str(HACK / "build-binaries.sh")], check=True, stdout=subprocess.PIPE, text=True)
+    dirs = [Path(p) for p in out.stdout.strip().splitlines()[-1].split(":")]
+    names = (*COMPONENTS, "kubectl", *extra)
+    found: dict[str, Path] = {}
+    for name in names:
+        for d in dirs:
+            if (d / name).is_file():
+                found[name] = d / name
+    missing = set(names) - found.keys()
+    if missing:
+        raise ClusterError(f"binaries missing after build: {sorted(missing)} (looked in {dirs})")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Plane:
+    """Paths and ports of one plane, persisted in DIR/state.json."""
+
+    dir: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.dir / "kubeconfig"
+
+    def load(self) -> dict:
+        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
+
+    def save(self, state: dict) -> None:
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+    def log_tail(self, component: str, lines: int = 30) -> str:
+        path = self.dir / "logs" / f"{component}.log"
+        if not path.exists():
+            return "(no log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_process(plane: Plane, state: dict, name: str, argv: list[str]) -> None:
+    logs = plane.dir / "logs"
+    logs.mkdir(exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=plane.dir,
+        )
+    state.setdefault("pids", {})[name] = proc.pid
+    state.setdefault("argv", {})[name] = argv
+    plane.save(state)
+    log(f"started {name} (pid {proc.pid})")
+
+
+def check_alive(plane: Plane, state: dict) -> None:
+    for name, pid in state.get("pids", {}).items():
+        if not alive(pid):
+            raise ClusterError(
+                f"{name} (pid {pid}) exited during start-up; last log lines:\n{plane.log_tail(name)}"
+            )
+
+
+def wait_for(what: str, probe, plane: Plane, state: dict, timeout: float, component: str) -> None:
+    """Poll probe() until it returns truthy; on timeout raise with the component's log tail."""
+    deadline = time.monotonic() + timeout
+    last_err = ""
+    while time.monotonic() < deadline:
+        check_alive(plane, state)
+        try:
+            if probe():
+                return
+        except Exception as e:
+            last_err = f"{type(e).__name__}: {e}"
+        time.sleep(0.25)
+    raise ClusterError(
+        f"timed out after {timeout:.0f}s waiting for {what} ({last_err}); last lines of {component}.log:\n"
+        f"{plane.log_tail(component)}"
+    )

@@ -17,7 +17,10 @@ CLUSTER=${KIND_CLUSTER:-kube-mapserver}
 NS=${KMS_NAMESPACE:-kube-mapserver}
 RELEASE=kube-mapserver
 IMAGE=${KMS_IMAGE:-ghcr.io/kube-mapserver/kube-mapserver:dev}
-MAPSERVER_IMAGE=camptocamp/mapserver:8.4
+# our MapServer (Apache + mod_fcgid) and tile cache (Apache + mod_mapcache) images, from images/
+MAPSERVER_IMAGE=${KMS_MAPSERVER_IMAGE:-ghcr.io/kube-mapserver/mapserver:dev}
+MAPCACHE_IMAGE=${KMS_MAPCACHE_IMAGE:-ghcr.io/kube-mapserver/mapcache:dev}
+DEBIAN_IMAGE=${KMS_DEBIAN_IMAGE:-debian:12-slim}
 KUBECTL=${KUBECTL:-kubectl}
 CONTEXT="kind-$CLUSTER"
 
@@ -41,12 +44,12 @@ up() {
     log "creating cluster $CLUSTER (kind $KIND_VERSION)"
     "$KIND" create cluster --name "$CLUSTER" --wait 120s
   fi
-  log "building $IMAGE"
+  log "building $IMAGE, $MAPSERVER_IMAGE, $MAPCACHE_IMAGE"
   docker build --build-arg VERSION=dev -t "$IMAGE" .
+  docker build --build-arg BASE_IMAGE="$DEBIAN_IMAGE" -t "$MAPSERVER_IMAGE" images/mapserver
+  docker build --build-arg BASE_IMAGE="$DEBIAN_IMAGE" -t "$MAPCACHE_IMAGE" images/mapcache
   log "loading images into the node"
-  "$KIND" load docker-image --name "$CLUSTER" "$IMAGE"
-  docker pull -q "$MAPSERVER_IMAGE" >/dev/null && "$KIND" load docker-image --name "$CLUSTER" "$MAPSERVER_IMAGE" \
-    || log "could not preload $MAPSERVER_IMAGE; the node pulls it"
+  "$KIND" load docker-image --name "$CLUSTER" "$IMAGE" "$MAPSERVER_IMAGE" "$MAPCACHE_IMAGE"
   log "namespace $NS, enforcing the restricted Pod Security Standard on every pod"
   k create namespace "$NS" --dry-run=client -o yaml | k apply -f -
   k label namespace "$NS" --overwrite pod-security.kubernetes.io/enforce=restricted \
@@ -55,6 +58,8 @@ up() {
   "$HELM" --kube-context "$CONTEXT" upgrade --install "$RELEASE" charts/kube-mapserver \
     --namespace "$NS" -f charts/kube-mapserver/values-local.yaml \
     --set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" \
+    --set mapserverImage.repository="${MAPSERVER_IMAGE%:*}" --set mapserverImage.tag="${MAPSERVER_IMAGE##*:}" \
+    --set mapcacheImage.repository="${MAPCACHE_IMAGE%:*}" --set mapcacheImage.tag="${MAPCACHE_IMAGE##*:}" \
     --wait --timeout 5m
   k -n "$NS" rollout status "deployment/$RELEASE-operator" --timeout=120s
   k -n "$NS" rollout status "deployment/$RELEASE-api" --timeout=120s

@@ -160,33 +160,10 @@ def serving(plane: Plane, workdir: Path, data_root: Path) -> dict:
     # datasets the other benchmarks left behind (Kopf's index pre-population is quadratic)
     op = Operator(plane.kubeconfig, data_root, workdir / "operator-serving.log", args=("--namespace", ns))
     op.start()
-    port = cluster_mod.free_port()
-    with open(workdir / "local-mapserver.log", "ab") as out:
-        ms = subprocess.Popen(
-            [
-                PY,
-                str(REPO / "hack" / "local_mapserver.py"),
-                "--kubeconfig",
-                str(plane.kubeconfig),
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    base = f"http://127.0.0.1:{port}/{ns}/tiles/"
     try:
         wait(
             lambda: (plane.get(ns, "mapservices", "tiles").get("status") or {}).get("datasetCount") == 1,
             "tile service ready",
-            60,
-        )
-        wait(
-            lambda: (
-                b"bench_sst" in httpx.get(base + "?SERVICE=WMS&REQUEST=GetCapabilities", timeout=5).content
-            ),
-            "local mapserver serving",
             60,
         )
         cm_name = plane.get(ns, "mapservices", "tiles")["status"]["configMap"]
@@ -197,12 +174,50 @@ def serving(plane: Plane, workdir: Path, data_root: Path) -> dict:
         log("generated vs hand-written mapfile (in-process mapscript, 200 interleaved GetMaps)")
         mapfiles = serving_bench.generated_vs_handwritten(generated, "bench_sst", str(data_root), str(cog))
         log(f"  ratio p50 {mapfiles['ratio_p50']:.2f}")
-        log("tiles: make-dev serving path vs TiTiler, same COG, 100 tiles, concurrency 1 and 4")
+        base = _served_by_pods(plane, ns, "tiles")
+        if base is None:
+            log(
+                "tiles vs TiTiler skipped: no real node in this plane (the MapServer pods run nowhere; "
+                "the tile figures need MapServer pods behind the MapService's Service)"
+            )
+            return {"mapfile": mapfiles, "tiles": {}}
+        log("tiles: the MapService's Service (MapServer pods) vs TiTiler, same COG, 100 tiles, conc. 1 and 4")
         tiles = serving_bench.tiles_vs_titiler(base, "bench_sst", str(cog), workdir)
         return {"mapfile": mapfiles, "tiles": tiles}
     finally:
-        ms.terminate()
         op.stop()
+
+
+def _served_by_pods(plane: Plane, ns: str, name: str) -> str | None:
+    """http://<ClusterIP>:8080/ of the MapService's Service once its MapServer pods serve, or None
+    when the plane has no real node (kwok's fake pods serve nothing: never connect to them)."""
+    from kubernetes import client
+
+    real = [
+        n
+        for n in plane.core.list_node().items
+        if (n.metadata.labels or {}).get("type") != "kwok"
+        and any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
+    ]
+    if not real:
+        return None
+    discovery = client.DiscoveryV1Api(plane.api)
+
+    def ready() -> bool:
+        slices = discovery.list_namespaced_endpoint_slice(
+            ns, label_selector=f"kubernetes.io/service-name={name}"
+        )
+        return any(ep.conditions and ep.conditions.ready for s in slices.items for ep in s.endpoints or [])
+
+    wait(ready, f"a ready MapServer pod behind Service {ns}/{name}", 180)
+    ip = plane.core.read_namespaced_service(name, ns).spec.cluster_ip
+    base = f"http://{ip}:8080/"
+    wait(
+        lambda: b"bench_sst" in httpx.get(base + "?SERVICE=WMS&REQUEST=GetCapabilities", timeout=5).content,
+        "the MapServer pods serving the mapfile",
+        60,
+    )
+    return base
 
 
 def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:

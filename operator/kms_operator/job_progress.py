@@ -1,13 +1,11 @@
 """Progress of a running MapJob: the runner writes JSON lines with a `progress` field (0..1) to
-stderr; the operator reads the newest one from the pod's log tail (or, on the local plane whose
-kubelet is fake, from the annotation hack/local_runner.py mirrors it into)."""
+stderr; the operator reads the newest one from the pod's log tail (the kubelet serves it)."""
 
 from __future__ import annotations
 
 import json
 from urllib.parse import quote
 
-PROGRESS_ANNOTATION = "maps.kube-mapserver.io/progress"
 DETAIL_FIELDS = ("tileset", "zoom", "tiles")
 
 
@@ -37,14 +35,11 @@ def describe(p: dict) -> str:
 
 
 def read_progress(kube, namespace: str, pods: list[dict]) -> dict | None:
-    """Progress of the newest running pod of a Job (annotation first, then its log tail)."""
+    """Progress of the newest running pod of a Job, from its log tail."""
     running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
     if not running:
         return None
     pod = max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "")
-    note = (pod["metadata"].get("annotations") or {}).get(PROGRESS_ANNOTATION)
-    if note:
-        return parse_progress(note)
     path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod['metadata']['name'])}/log"
     try:
         status, payload = kube._call("GET", path, query={"tailLines": "20", "container": "runner"})

@@ -10,7 +10,6 @@ from kms_crds.mapjob import DEFAULT_JOB_IMAGE, MapJobSpec
 from .labels import MANAGED_BY, owner_reference
 
 RUNNER = "kube-mapserver-job"
-RUNNER_ANNOTATION = "maps.kube-mapserver.io/runner"
 DATA_MOUNT = "/data"
 TERMINATION_LOG = "/dev/termination-log"
 JOB_UID = 10001
@@ -93,7 +92,7 @@ def build_job(
     job_spec: dict = {
         "backoffLimit": spec.backoff_limit,
         "template": {
-            "metadata": {"labels": labels, "annotations": {RUNNER_ANNOTATION: RUNNER}},
+            "metadata": {"labels": labels},
             "spec": {
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": False,

@@ -181,7 +181,12 @@ class MapJobs:
                     )
                 else:
                     job_body = build_job(
-                        name, ns, meta["uid"], spec, resolve_params(op, ns, spec), default_image=op.settings.job_image
+                        name,
+                        ns,
+                        meta["uid"],
+                        spec,
+                        resolve_params(op, ns, spec),
+                        default_image=op.settings.job_image,
                     )
             except (JobInputError, CacheJobError) as e:
                 await self._write(

@@ -627,6 +627,14 @@ class Operator:
         spec = MapServiceSpec.model_validate(body["spec"])
         owner = builders.Owner(name, ns, meta["uid"])
 
+        # The datasets as this pass sees them: the mapfile and the tile cache's dataset versions
+        # must come from the same snapshots (the index changes while the pass awaits the API; a tile
+        # version of a newer snapshot could go live before MapServer serves that snapshot's mapfile).
+        snaps = (
+            {d["name"]: d for d in self.datasets_in(ns)}
+            if spec.tile_cache and spec.tile_cache.enabled
+            else {}
+        )
         key = self._render_key(ns, meta.get("generation"), spec, exclude)
         cached = self.rendered.get((ns, name))
         if cached and cached[0] == key:  # nothing that shapes the mapfile changed: no rebuild
@@ -676,7 +684,9 @@ class Operator:
         self.pending_since.pop((ns, name), None)
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
         digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
-        children = builders.build_children(owner, spec, mapfile, config, digest, self.settings.mapserver_image)
+        children = builders.build_children(
+            owner, spec, mapfile, config, digest, self.settings.mapserver_image
+        )
         cost = time.thread_time() - t0
 
         live_deploy = await self.call(self.kube.get, "apps/v1", "Deployment", ns, name)
@@ -751,7 +761,7 @@ class Operator:
                 rolled,
                 ref,
                 had_cache=bool(old_status.get("tileCache")),
-                published=old_status.get("configMap") == children["configmap"]["metadata"]["name"],
+                snaps=snaps,
             ),
         }
         if spec.tile_cache and spec.tile_cache.enabled and spec.tile_cache.wms:
@@ -783,11 +793,14 @@ class Operator:
         rolled: bool,
         ref: dict,
         had_cache: bool,
-        published: bool = True,
+        snaps: Mapping[str, dict],
     ) -> dict | None:
         """The MapCache children; a new configuration waits until MapServer serves the new mapfile
-        (so no tile of the new version is rendered by an old pod), then outdated tiles are purged
-        and, with a seed policy, new and changed datasets seeded, by MapJobs."""
+        (`rolled`: the MapServer Deployment with the new mapfile has every replica updated and
+        ready and no old pod left, so no tile of the new version is rendered by an old pod); with a
+        seed policy, new and changed datasets are then seeded by a MapJob. Outdated tiles are
+        purged by a MapJob once no tile-cache pod serves the configuration that used them (an old
+        pod still serving during the tile cache's own rollout would write them again)."""
         ns, name = owner.namespace, owner.name
         tc, tname = spec.tile_cache, tilecache.tiles_name(name)
         if (tc is None or not tc.enabled) and not had_cache:
@@ -800,7 +813,6 @@ class Operator:
                 await self.call(self.kube.event, ref, "Normal", "Removed", "tile cache removed (not in spec)")
             await self._prune_configmaps(ns, name, keep="", component="tilecache-config")
             return None
-        snaps = {d["name"]: d for d in self.datasets_in(ns)}
         tilesets = [
             tilecache.Tileset(
                 name=d.name,
@@ -820,13 +832,13 @@ class Operator:
         live_cm = _config_map_of(live)
         cm_name = cm["metadata"]["name"]
         deploy = live
-        if live is not None and live_cm != cm_name and not (rolled and published):
-            # MapServer is still rolling out, or its new mapfile is not in status yet (what the local
-            # servers follow): keep the cache on the old config; once rolled, look again next pass
+        if live is not None and live_cm != cm_name and not rolled:
+            # MapServer is still rolling out the new mapfile: keep the cache on the old config; the
+            # Deployment's status events bring the service back here once the rollout completes
             cm_name = live_cm
-            if rolled:
-                self.service_queue.request((ns, name))
+            held = True
         else:
+            held = False
             before: dict = {}
             if live_cm and live_cm != cm_name:
                 old_cm = await self.call(self.kube.get, "v1", "ConfigMap", ns, live_cm)
@@ -855,7 +867,18 @@ class Operator:
                     f"tile cache configuration {digest[:10]} with {len(tilesets)} tilesets",
                 )
                 await self._cache_jobs(owner, tc, before, versions, first=live is None)
-        await self._prune_configmaps(ns, name, keep=cm_name or "", component="tilecache-config")
+        if not held:  # (a held-back config is not live: its versions are no reference for a purge)
+
+            async def purge_retired(old_cm: dict) -> None:
+                """No pod serves old_cm any more: purge its versions the current config dropped."""
+                old = tilecache.configmap_file(
+                    old_cm.get("data"), old_cm.get("binaryData"), tilecache.VERSIONS_FILE
+                )
+                await self._purge_jobs(owner, tc, json.loads(old or "{}"), versions)
+
+            await self._prune_configmaps(
+                ns, name, keep=cm_name or "", component="tilecache-config", retired=purge_retired
+            )
         base = self.settings.tiles_url_template.format(name=name, namespace=ns)
         return {
             **tilecache.tile_urls(base, tc),
@@ -864,9 +887,10 @@ class Operator:
             "readyReplicas": ((deploy or {}).get("status") or {}).get("readyReplicas", 0),
         }
 
-    async def _cache_jobs(self, owner: builders.Owner, tc, before: dict, after: dict, first: bool) -> None:
-        """Purge tiles of changed and removed datasets; seed new and changed ones (seed policy)."""
-        if not tc.storage.persistent_volume_claim:  # pod-local caches start empty with the new config
+    async def _purge_jobs(self, owner: builders.Owner, tc, before: dict, after: dict) -> None:
+        """Purge the tiles of datasets changed or removed between two configurations (the older one
+        retired: no pod serves it any more)."""
+        if not tc.storage.persistent_volume_claim:  # pod-local caches went with their pods
             return
         changes = tilecache.diff_versions(before, after)
         stale = changes.changed + changes.removed
@@ -875,9 +899,16 @@ class Operator:
             job = tilecache.auto_job_name(owner.name, "purge", [params, [after.get(d) for d in chunk]])
             await self.call(
                 self.kube.apply,
-                tilecache.build_auto_mapjob(
-                    owner, job, "cache-purge", params),
+                tilecache.build_auto_mapjob(owner, job, "cache-purge", params),
             )
+        if stale:
+            await self._prune_auto_jobs(owner)
+
+    async def _cache_jobs(self, owner: builders.Owner, tc, before: dict, after: dict, first: bool) -> None:
+        """Seed new and changed datasets (seed policy) when a new configuration goes live."""
+        if not tc.storage.persistent_volume_claim:  # pod-local caches start empty with the new config
+            return
+        changes = tilecache.diff_versions(before, after)
         if tc.seed:
             fresh = sorted(changes.new + changes.changed)
             for chunk in _chunks(fresh, 1000):
@@ -894,8 +925,7 @@ class Operator:
                 job = tilecache.auto_job_name(owner.name, "seed", [params, [after[d] for d in chunk]])
                 await self.call(
                     self.kube.apply,
-                    tilecache.build_auto_mapjob(
-                        owner, job, "cache-seed", params),
+                    tilecache.build_auto_mapjob(owner, job, "cache-seed", params),
                 )
         await self._prune_auto_jobs(owner)
 
@@ -927,16 +957,24 @@ class Operator:
             )
             await self.call(self.kube.event, _ref(body, "MapService"), "Warning", "ApplyFailed", message)
 
-    async def _prune_configmaps(self, ns: str, name: str, keep: str, component: str = "mapfile") -> None:
+    async def _prune_configmaps(
+        self,
+        ns: str,
+        name: str,
+        keep: str,
+        component: str = "mapfile",
+        retired: Callable[[dict], Awaitable[None]] | None = None,
+    ) -> None:
         """Delete mapfile (or tile cache) ConfigMaps no pod can need any more: not the current one,
-        and not one a ReplicaSet with pods still mounts (a stuck rollout keeps old pods serving)."""
+        and not one a ReplicaSet with pods still mounts (a stuck rollout keeps old pods serving).
+        `retired(configmap)` runs first for each (a failure keeps the ConfigMap for the next pass)."""
         selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component={component}"
         selector += ",app.kubernetes.io/managed-by=kube-mapserver-operator"
-        stale = [
-            cm["metadata"]["name"]
+        stale = {
+            cm["metadata"]["name"]: cm
             for cm in await self.call(self.kube.list, "v1", "ConfigMap", ns, selector)
             if cm["metadata"]["name"] != keep
-        ]
+        }
         if not stale:
             return
         in_use = set()
@@ -946,8 +984,10 @@ class Operator:
                 for v in rs["spec"]["template"]["spec"].get("volumes") or []:
                     if v.get("configMap"):
                         in_use.add(v["configMap"]["name"])
-        for cm_name in stale:
+        for cm_name, cm in stale.items():
             if cm_name not in in_use:
+                if retired is not None:
+                    await retired(cm)
                 await self.call(self.kube.delete, "v1", "ConfigMap", ns, cm_name)
 
     async def release_service(self, body: Mapping) -> None:

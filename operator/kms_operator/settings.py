@@ -39,9 +39,7 @@ class Settings:
         )
     )
     # Images used when a resource names none (the chart sets all three to the images it ships).
-    mapserver_image: str = field(
-        default_factory=lambda: os.environ.get("KMS_MAPSERVER_IMAGE", DEFAULT_IMAGE)
-    )
+    mapserver_image: str = field(default_factory=lambda: os.environ.get("KMS_MAPSERVER_IMAGE", DEFAULT_IMAGE))
     tiles_image: str = field(default_factory=lambda: os.environ.get("KMS_TILES_IMAGE", DEFAULT_TILES_IMAGE))
     job_image: str = field(default_factory=lambda: os.environ.get("KMS_JOB_IMAGE", DEFAULT_JOB_IMAGE))
     # The MapServer WMS the tile cache renders from (in-cluster; the loopback server in local mode).

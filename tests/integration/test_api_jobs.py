@@ -1,8 +1,7 @@
-"""Job routes with the real operator and runner: state shaping, cancel, tombstones, cleanup."""
+"""Job routes with the real operator and job pods: state shaping, cancel, tombstones, cleanup."""
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
@@ -133,7 +132,7 @@ def test_delete_leaves_a_tombstone(cluster, facade, editor):
     assert editor.delete(f"/jobs/{name}").json()["state"] == "unknown"
 
 
-def test_cleanup_by_status_and_by_age(facade_factory, operator_process, local_runner):
+def test_cleanup_by_status_and_by_age(facade_factory, operator_process):
     fac = facade_factory(KMS_TOMBSTONE_MAX="3")
     with fac.client("editor") as ed:
         for i in range(2):
@@ -149,7 +148,13 @@ def test_cleanup_by_status_and_by_age(facade_factory, operator_process, local_ru
         assert r.json()["count"] == 1 and ed.get("/jobs/bad0").status_code == 404
         # by age: nothing finished an hour ago; everything finished at least 1 s ago
         assert ed.post("/jobs/cleanup", json={"olderThanSeconds": 3600, "dryRun": True}).json()["count"] == 0
-        time.sleep(1.1)
+        wait_until(
+            lambda: (
+                ed.post("/jobs/cleanup", json={"olderThanSeconds": 1, "dryRun": True}).json()["count"] == 2
+            ),
+            "both jobs finished more than 1 s ago",
+            10,
+        )
         r = ed.post("/jobs/cleanup", json={"olderThanSeconds": 1, "dryRun": False})
         assert sorted(j["id"] for j in r.json()["jobs"]) == ["ok0", "ok1"]
         assert ed.get("/jobs").json()["total"] == 0

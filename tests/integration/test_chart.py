@@ -1,13 +1,16 @@
-"""The Helm chart against a real kube-apiserver (the local control plane; kwok runs the pods):
+"""The Helm chart against a real kube-apiserver and the real kubelet node:
 
-- the rendered chart applied server-side gets Running operator and facade pods; deleting what was
-  rendered leaves nothing behind but the CRDs;
-- a real `helm install` / `upgrade` / `uninstall`: generated credentials survive the upgrade;
+- the rendered chart applied server-side gets Running operator and facade pods (the images built
+  here); deleting what was rendered leaves nothing behind but the CRDs;
+- a real `helm install --wait` / `upgrade` / `uninstall`: generated credentials survive the upgrade;
 - least privilege: what the chart's ServiceAccounts may and may not do (`kubectl auth can-i --as`,
   plus real calls under impersonation);
 - the CRD chart upgrades a CRD (a new field) and keeps the CRDs on uninstall.
 
-Images never pull or run here (kwok fakes the pods); the kind workflow runs them for real."""
+A chart operator pod that runs is confined to the test's namespace (operator.watchNamespaces): the
+session's operator process reconciles every other namespace, and two operators must never share
+one. Where only the manifests and RBAC matter, the chart's pods are parked (a nodeSelector no
+node has): they never start, and nothing is pulled from a registry."""
 
 from __future__ import annotations
 
@@ -86,6 +89,33 @@ def render(namespace: str, *sets: str) -> str:
     return chart.template(release=namespace, namespace=namespace, set_values=list(sets))
 
 
+def local_images(cluster) -> list[str]:
+    """--set values for the images built here (on the node: never pulled)."""
+    sets = []
+    for key, name in (
+        ("image", "kube-mapserver"),
+        ("mapserverImage", "mapserver"),
+        ("mapcacheImage", "mapcache"),
+    ):
+        repo, _, tag = cluster.images[name]["ref"].rpartition(":")
+        sets += [f"{key}.repository={repo}", f"{key}.tag={tag}"]
+    return sets
+
+
+def running_here(cluster, namespace: str) -> list[str]:
+    """--set values for chart pods that really run: local images, the operator watching only the
+    test's namespace."""
+    return [*local_images(cluster), f"operator.watchNamespaces={{{namespace}}}"]
+
+
+# chart pods that are not the subject of the test never start (and never pull an image)
+PARKED = ["operator.nodeSelector.kms-test-parked=nowhere", "facade.nodeSelector.kms-test-parked=nowhere"]
+
+
+def as_flags(sets: list[str]) -> list[str]:
+    return [arg for s in sets for arg in ("--set", s)]
+
+
 def docs(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
@@ -142,7 +172,7 @@ def applied(cluster, namespace):
 
 
 def test_rendered_chart_applies_server_side_and_deletes_cleanly(cluster, crds, namespace):
-    text = render(namespace)
+    text = render(namespace, *running_here(cluster, namespace))
     rendered = docs(text)
     # the pods must pass the restricted Pod Security Standard (admission rejects them otherwise)
     kubectl(cluster, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
@@ -176,7 +206,15 @@ def test_rendered_chart_applies_server_side_and_deletes_cleanly(cluster, crds, n
 
 def test_helm_install_upgrade_keeps_generated_secrets_and_uninstall_leaves_nothing(cluster, crds, namespace):
     release = namespace
-    args = [str(chart.CHART), "-n", namespace, "--skip-crds", "--wait", "--timeout=120s"]
+    args = [
+        str(chart.CHART),
+        "-n",
+        namespace,
+        "--skip-crds",
+        "--wait",
+        "--timeout=180s",
+        *as_flags(running_here(cluster, namespace)),
+    ]
     helm(cluster, "install", release, *args)
     wait_running(cluster, namespace)
     core = client.CoreV1Api(cluster.api)
@@ -205,7 +243,7 @@ def test_helm_install_upgrade_keeps_generated_secrets_and_uninstall_leaves_nothi
     assert status["version"] == 2 and status["info"]["status"] == "deployed"
     assert "kubectl -n" in status["info"]["notes"] and "/token" in status["info"]["notes"]
 
-    helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout=120s")
+    helm(cluster, "uninstall", release, "-n", namespace, "--wait", "--timeout=180s")
     wait_until(
         lambda: not instance_objects(cluster, namespace, release),
         f"nothing of release {release} left",
@@ -236,7 +274,7 @@ def can_i(cluster, sa: str, namespace: str, verb: str, resource: str, *extra: st
 
 
 def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
-    applied(render(namespace))
+    applied(render(namespace, *PARKED))  # the cluster-wide operator's RBAC, no pod running it
     op, fc = f"{namespace}-kube-mapserver-operator", f"{namespace}-kube-mapserver-api"
     other = "default"  # the operator is cluster-wide: any namespace
     operator_allowed = [
@@ -342,7 +380,7 @@ def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
 
 
 def test_namespaced_operator_is_confined_to_its_namespaces(cluster, crds, namespace):
-    text = render(namespace, f"operator.watchNamespaces={{{namespace}}}")
+    text = render(namespace, *running_here(cluster, namespace))
     kubectl(cluster, "apply", "--server-side", "--field-manager=kms-chart-test", "-f", "-", input=text)
     op = f"{namespace}-kube-mapserver-operator"
     assert can_i(cluster, op, namespace, "create", "deployments.apps", "-n", namespace)
@@ -465,31 +503,20 @@ FORBIDDEN = ("Forbidden", "forbidden", " 403", "Not enough permissions")
 
 
 def test_chart_rbac_suffices_for_the_real_operator_and_facade(
-    cluster,
-    crds,
-    namespace,
-    data_root,
-    local_runner,
-    local_mapserver_port,
-    local_mapserver,
-    local_tilecache_port,
-    local_tilecache,
-    tmp_path,
-    applied,
+    cluster, crds, namespace, data_root, tmp_path, applied
 ):
     """The operator and the facade run as the chart's ServiceAccounts (their tokens, nothing else)
     and hack/smoke.sh walks login, dataset, Ready, list, cog-convert job, WMS, a tile from the
     tile cache, a seeding job, cleanup (the operator also creates an automatic seeding job): every
-    API call they make is allowed by the chart's RBAC, and none is refused along the way."""
-    from tests.conftest import OperatorProcess, cluster_mod
-    from tests.helpers import make_data_volume
+    API call they make is allowed by the chart's RBAC, and none is refused along the way. The
+    MapServer, tile-cache and job pods they create run on the node; the chart's own operator and
+    facade pods are parked (this test runs those two as processes, with the chart's tokens)."""
+    from tests.conftest import OperatorProcess, cluster_mod, delete_data_volumes, image_env
+    from tests.helpers import FAST_PROBES, make_data_volume, service_ip
 
-    if not cluster.local:
-        pytest.skip("runs the components as local processes against the local control plane")
-    applied(render(namespace))
+    applied(render(namespace, *PARKED))
     make_data_volume(cluster.api, namespace, data_root)
     make_data_volume(cluster.api, namespace, tmp_path / "tiles", name="tile-cache")
-    (tmp_path / "tiles").mkdir()
     create_cr(
         cluster.api,
         namespace,
@@ -501,6 +528,7 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
                 "datasetSelector": {"matchLabels": {"rbac": "chart"}},
                 "data": {"persistentVolumeClaim": "map-data"},
                 "tileCache": {"storage": {"persistentVolumeClaim": "tile-cache"}, "seed": {"maxZoom": 1}},
+                "probes": FAST_PROBES,
             },
         },
     )
@@ -516,8 +544,7 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
         tmp_path / "operator.log",
         KMS_DEBOUNCE_SECONDS="0.2",
         KMS_LEASE_NAMESPACE=namespace,
-        KMS_SERVICE_URL_TEMPLATE=f"http://127.0.0.1:{local_mapserver_port}/{{namespace}}/{{name}}/",
-        KMS_TILES_URL_TEMPLATE=f"http://127.0.0.1:{local_tilecache_port}/{{namespace}}/{{name}}/",
+        **image_env(cluster),
     )
     operator.start()
     facade_log = tmp_path / "facade.log"
@@ -553,6 +580,9 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+        # status URLs name the in-cluster Services: the walk opens them through their ClusterIPs
+        for svc in ("rbac", "rbac-tiles"):
+            wait_until(lambda s=svc: service_ip(cluster.api, namespace, s), f"Service {svc}", 90)
         smoke = subprocess.run(
             [str(REPO / "hack" / "smoke.sh")],
             env={
@@ -561,7 +591,9 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
                 "KMS_PASSWORD": password,
                 "SMOKE_LABELS": "rbac=chart",
                 "SMOKE_REQUIRE_WMS": "1",
-                "SMOKE_TIMEOUT": "90",
+                "SMOKE_TIMEOUT": "180",
+                "SMOKE_WMS_BASE": f"http://{service_ip(cluster.api, namespace, 'rbac')}:8080",
+                "SMOKE_TILES_BASE": f"http://{service_ip(cluster.api, namespace, 'rbac-tiles')}:8080",
                 "PYTHON": py,
             },
             capture_output=True,
@@ -583,7 +615,7 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
                 )["items"]
             ),
             "an automatic cache job of the operator succeeded",
-            90,
+            180,
         )
         for name, text in (("operator", operator.log_path.read_text()), ("facade", facade_log.read_text())):
             refused = [line for line in text.splitlines() if any(f in line for f in FORBIDDEN)]
@@ -596,4 +628,4 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
             except subprocess.TimeoutExpired:
                 facade.kill()
         operator.stop()
-        client.CoreV1Api(cluster.api).delete_persistent_volume(f"{namespace}-map-data")
+        delete_data_volumes(cluster.api, namespace)

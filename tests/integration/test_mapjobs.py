@@ -1,5 +1,6 @@
-"""MapJobs against the real control plane; job pods run their real command through the local
-runner (hack/local_runner.py reads the pod spec the Job produced and runs it here with GDAL)."""
+"""MapJobs against the real control plane; job pods run for real on the kubelet node (the
+kube-mapserver image: `kube-mapserver-job` with GDAL, uid 10001, read-only root filesystem),
+writing into the data volume, a hostPath folder of this host."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tests.helpers import create_cr, delete_cr, get_cr, make_data_volume, patch_
 
 
 @pytest.fixture
-def ns(cluster, namespace, operator_process, local_runner, data_root):
+def ns(cluster, namespace, operator_process, data_root):
     make_data_volume(cluster.api, namespace, data_root)
     return namespace
 
@@ -62,6 +63,7 @@ def test_job_has_the_right_command_mounts_and_security(cluster, ns):
     assert c.security_context.run_as_non_root and c.security_context.read_only_root_filesystem
     assert job.metadata.owner_references[0].kind == "MapJob"
     assert job.metadata.labels["app.kubernetes.io/managed-by"] == "kube-mapserver-operator"
+    assert not job.spec.template.metadata.annotations, "job pods carry no annotations for a stand-in runner"
 
 
 def test_cog_convert_succeeds_and_registers_the_output_dataset(cluster, ns, data_root):

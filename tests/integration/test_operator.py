@@ -17,6 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from kms_operator.builders import mapfile_from_configmap
 from tests.helpers import (
+    FAST_PROBES,
     condition,
     create_cr,
     delete_cr,
@@ -58,7 +59,7 @@ def service(name: str, selector: dict, **spec) -> dict:
         "apiVersion": "maps.kube-mapserver.io/v1alpha1",
         "kind": "MapService",
         "metadata": {"name": name},
-        "spec": {"datasetSelector": {"matchLabels": selector}, "replicas": 1, **spec},
+        "spec": {"datasetSelector": {"matchLabels": selector}, "replicas": 1, "probes": FAST_PROBES, **spec},
     }
 
 
@@ -89,8 +90,9 @@ def children(api, ns: str, svc: str) -> dict[str, list[str]]:
 
 
 def settled(api, ns: str, svc: str) -> dict:
-    """Wait until the service is Ready and its Deployment fully rolled out; return resourceVersions."""
-    wait_condition(api, ns, "MapService", svc, timeout=90)
+    """Wait until the service is Ready and its Deployment fully rolled out (its MapServer pods
+    really run: started, mapfile checked, ready); return resourceVersions."""
+    wait_condition(api, ns, "MapService", svc, timeout=180)
     apps = client.AppsV1Api(api)
 
     def rolled():
@@ -100,7 +102,7 @@ def settled(api, ns: str, svc: str) -> dict:
             st.ready_replicas or 0
         ) == (st.updated_replicas or 0)
 
-    wait_until(rolled, f"deployment {svc} rolled out", timeout=90)
+    wait_until(rolled, f"deployment {svc} rolled out", timeout=180)
     time.sleep(1.5)  # let trailing status events drain through the debouncer
     return resource_versions(api, ns, svc)
 
@@ -125,7 +127,7 @@ def test_examples_become_ready_and_mapfile_loads(cluster, ns, data_root, capsys)
     t0 = time.monotonic()
     for name in ("raster-dataset.yaml", "vector-dataset.yaml", "service.yaml"):
         create_cr(cluster.api, ns, example(name))
-    svc = wait_condition(cluster.api, ns, "MapService", "ocean", timeout=90)
+    svc = wait_condition(cluster.api, ns, "MapService", "ocean", timeout=180)
     elapsed = time.monotonic() - t0
     with capsys.disabled():
         print(f"\n[measure] examples applied -> MapService Ready: {elapsed:.2f}s")

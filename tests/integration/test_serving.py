@@ -1,5 +1,5 @@
-"""Real map serving: the mapfiles the operator wrote into ConfigMaps, served by real MapServer
-(hack/local_mapserver.py, the `make dev` serving path) over HTTP, checked pixel by pixel."""
+"""Real map serving: the mapfiles the operator wrote into ConfigMaps, served by the MapServer pods
+of the MapService (Apache + mod_fcgid on the real node) through its Service, checked pixel by pixel."""
 
 from __future__ import annotations
 
@@ -14,7 +14,18 @@ from kubernetes import client
 from osgeo import gdal, osr
 
 from kms_operator.mapfile import ramp_colors
-from tests.helpers import create_cr, get_cr, make_data_volume, wait_condition, wait_until
+from tests.helpers import (
+    create_cr,
+    delete_data_volumes,
+    get_cr,
+    host_url,
+    make_data_volume,
+    service_url,
+    share_with_pods,
+    wait_condition,
+    wait_until,
+)
+from tests.pixels import drawn, rgba
 
 WMS = "{http://www.opengis.net/wms}"
 KNOWN = {
@@ -61,7 +72,7 @@ def ds_body(name, path, type_="raster", labels=None, **spec):
 
 
 @pytest.fixture(scope="module")
-def served(cluster, operator_process, local_mapserver, data_root):
+def served(cluster, operator_process, data_root):
     """One namespace with five datasets of known content and a MapService serving them."""
     ns = f"serve-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(cluster.api)
@@ -106,6 +117,7 @@ def served(cluster, operator_process, local_mapserver, data_root):
     write_raster(
         d / "scene1_z.tif", [np.linspace(100, 200, 400, dtype="float32").reshape(20, 20)], (60, 50, 62, 52)
     )
+    share_with_pods(d)  # read by the MapServer pods (uid 33)
 
     create_cr(
         cluster.api,
@@ -172,35 +184,25 @@ def served(cluster, operator_process, local_mapserver, data_root):
         "5 datasets in the mapfile",
         timeout=90,
     )
-    base = f"{local_mapserver}/{ns}/maps/"
+    wait_condition(cluster.api, ns, "MapService", "maps", timeout=180)  # rolled out, pods ready
+    base = service_url(cluster.api, ns, "maps")
     wait_until(
         lambda: (
             b"t_scene1-z"
             in httpx.get(base, params={"SERVICE": "WMS", "REQUEST": "GetCapabilities"}, timeout=10).content
         ),
-        "local mapserver serves the mapfile",
+        "the MapServer pods serve the mapfile with every dataset",
     )
     try:
         yield ns, base
     finally:
         core.delete_namespace(ns)
+        delete_data_volumes(cluster.api, ns)
 
 
 def wms(base, **params) -> httpx.Response:
     q = {"SERVICE": "WMS", "VERSION": "1.3.0", "STYLES": "", **{k.upper(): v for k, v in params.items()}}
     return httpx.get(base, params=q, timeout=30)
-
-
-def rgba(png: bytes) -> np.ndarray:
-    gdal.FileFromMemBuffer("/vsimem/t.png", png)
-    try:
-        ds = gdal.Open("/vsimem/t.png")
-        arr = np.stack([ds.GetRasterBand(i + 1).ReadAsArray() for i in range(ds.RasterCount)], axis=-1)
-    finally:
-        gdal.Unlink("/vsimem/t.png")
-    if arr.shape[-1] == 3:
-        arr = np.concatenate([arr, np.full((*arr.shape[:2], 1), 255, dtype=arr.dtype)], axis=-1)
-    return arr
 
 
 def getmap(base, layers, bbox, crs="EPSG:4326", w=100, h=100) -> np.ndarray:
@@ -281,6 +283,7 @@ def test_several_layers_in_one_getmap(served):
     _, base = served
     # lon 0..50, lat 50..60, 1 pixel = 0.5 degree
     img = getmap(base, "t_known,t_rgb,t_zones", (50, 0, 60, 50), w=100, h=20)
+    drawn(img, min_coverage=0.3)
     assert tuple(img[5, 5][:3]) == GREYS[0]  # known, NW quadrant (lon 2.5, lat 57.5)
     assert tuple(img[15, 45][:3]) == (255, 0, 0)  # rgb left half (lon 22.5, lat 52.5)
     assert tuple(img[15, 55][:3]) == (0, 0, 255)  # rgb right half (lon 27.5)
@@ -431,9 +434,12 @@ def test_bad_requests_get_ogc_exceptions(served, params, needle):
 
 
 def test_status_urls_work(cluster, served):
+    """Status URLs name the in-cluster Service (what pods and an ingress-less client use); the same
+    URL with the Service's ClusterIP answers from this host."""
     ns, _ = served
-    obj = wait_condition(cluster.api, ns, "MapDataset", "known")
-    r = httpx.get(obj["status"]["url"], timeout=30)
-    assert r.status_code == 200 and b"WMS_Capabilities" in r.content
     svc = get_cr(cluster.api, ns, "MapService", "maps")
-    assert svc["status"]["url"].startswith("http://127.0.0.1:")
+    assert svc["status"]["url"] == f"http://maps.{ns}.svc.cluster.local:8080/"
+    obj = wait_condition(cluster.api, ns, "MapDataset", "known")
+    assert obj["status"]["url"].startswith(svc["status"]["url"])
+    r = httpx.get(host_url(cluster.api, obj["status"]["url"]), timeout=30)
+    assert r.status_code == 200 and b"WMS_Capabilities" in r.content

@@ -1,4 +1,6 @@
-"""The test bed is a real Kubernetes control plane: controllers, scheduler, fake kubelet, CRDs."""
+"""The test bed is a real Kubernetes control plane (controllers, scheduler, CRDs) with a real
+kubelet node that runs the images built here, plus kwok's fake node, tainted, for the tests that
+need thousands of pods (they tolerate the taint)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,27 @@ import json
 import subprocess
 import uuid
 
+import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.helpers import wait_until
 
 LABELS = {"app": "testbed"}
-POD_SPEC = client.V1PodSpec(
-    containers=[client.V1Container(name="main", image="registry.invalid/noop:1")],
-    restart_policy="Always",
+KWOK_TAINT = ("kwok.x-k8s.io/node", "fake", "NoSchedule")
+SECURITY = client.V1SecurityContext(
+    run_as_non_root=True,
+    run_as_user=65534,
+    allow_privilege_escalation=False,
+    read_only_root_filesystem=True,
+    capabilities=client.V1Capabilities(drop=["ALL"]),
 )
+
+
+def pod_spec(cluster, image: str, restart: str = "Always", **kw) -> client.V1PodSpec:
+    """A pod of one of the images on the node (built here: never pulled)."""
+    c = client.V1Container(name="main", image=cluster.images[image]["ref"], security_context=SECURITY, **kw)
+    return client.V1PodSpec(containers=[c], restart_policy=restart, automount_service_account_token=False)
 
 
 def test_version_is_pinned_release(cluster):
@@ -53,7 +66,9 @@ def test_deployment_gets_running_pods(cluster, namespace):
             spec=client.V1DeploymentSpec(
                 replicas=2,
                 selector=client.V1LabelSelector(match_labels=LABELS),
-                template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=LABELS), spec=POD_SPEC),
+                template=client.V1PodTemplateSpec(
+                    metadata=client.V1ObjectMeta(labels=LABELS), spec=pod_spec(cluster, "pause")
+                ),
             ),
         ),
     )
@@ -62,12 +77,37 @@ def test_deployment_gets_running_pods(cluster, namespace):
         pods = core.list_namespaced_pod(namespace, label_selector="app=testbed").items
         return [p for p in pods if p.status.phase == "Running"] if len(pods) == 2 else None
 
-    pods = wait_until(running, "2 Running pods of the Deployment")
-    assert all(p.spec.node_name for p in pods), "pods were not scheduled"
+    pods = wait_until(running, "2 Running pods of the Deployment", timeout=120)
+    nodes = {n.metadata.name: n for n in core.list_node().items}
+    for p in pods:
+        node = nodes[p.spec.node_name]
+        assert (node.metadata.labels or {}).get("type") != "kwok", f"{p.metadata.name} on the fake node"
+        assert p.status.pod_ip and p.status.container_statuses[0].container_id, "a real container"
     wait_until(
         lambda: apps.read_namespaced_deployment(namespace=namespace, name="web").status.ready_replicas == 2,
         "deployment readyReplicas == 2",
     )
+
+
+def test_the_fake_node_takes_only_pods_that_tolerate_it(cluster, namespace):
+    """kwok's node is tainted: the pods of the product never land there; a pod that tolerates the
+    taint and asks for it (as the scale benchmarks do) is scheduled there and marked Running."""
+    core = client.CoreV1Api(cluster.api)
+    fake = [n for n in core.list_node().items if (n.metadata.labels or {}).get("type") == "kwok"]
+    if not fake:
+        pytest.skip("this cluster has no kwok node")
+    for node in fake:
+        taints = {(t.key, t.value, t.effect) for t in node.spec.taints or []}
+        assert KWOK_TAINT in taints, f"{node.metadata.name} is not tainted: {taints}"
+    spec = pod_spec(cluster, "pause")
+    spec.node_selector = {"type": "kwok"}
+    spec.tolerations = [client.V1Toleration(key=KWOK_TAINT[0], value=KWOK_TAINT[1], effect=KWOK_TAINT[2])]
+    core.create_namespaced_pod(namespace, client.V1Pod(metadata=client.V1ObjectMeta(name="fake"), spec=spec))
+    pod = wait_until(
+        lambda: (p := core.read_namespaced_pod("fake", namespace)).status.phase == "Running" and p,
+        "the tolerating pod Running on the fake node",
+    )
+    assert pod.spec.node_name in {n.metadata.name for n in fake}
 
 
 def test_job_succeeds(cluster, namespace):
@@ -79,10 +119,7 @@ def test_job_succeeds(cluster, namespace):
             spec=client.V1JobSpec(
                 backoff_limit=0,
                 template=client.V1PodTemplateSpec(
-                    spec=client.V1PodSpec(
-                        containers=[client.V1Container(name="main", image="registry.invalid/noop:1")],
-                        restart_policy="Never",
-                    )
+                    spec=pod_spec(cluster, "debian", restart="Never", command=["true"])
                 ),
             ),
         ),
@@ -90,6 +127,7 @@ def test_job_succeeds(cluster, namespace):
     job = wait_until(
         lambda: (j := batch.read_namespaced_job(namespace=namespace, name="once")).status.succeeded and j,
         "Job succeeded",
+        timeout=120,
     )
     conds = {c.type: c.status for c in job.status.conditions or []}
     assert conds.get("Complete") == "True"

@@ -140,7 +140,6 @@ def test_job_progress_is_read_from_the_last_progress_line():
 
 def test_large_configurations_are_stored_gzipped_and_read_back(tmp_path):
 
-
     tc = MapServiceSpec.model_validate({"tileCache": {}}).tile_cache
     many = [tilecache.Tileset(f"d{i:04d}", f"kms_d{i:04d}", f"{i:012x}", f"Dataset {i}") for i in range(2000)]
     xml = tilecache.build_mapcache_xml("ocean", tc, many, "http://x/")

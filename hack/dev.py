@@ -38,7 +38,13 @@ class Stop(Exception):
     """A stop signal arrived (SIGINT, SIGTERM, SIGHUP)."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _stop(signum: int, _frame: object) -> None:
+    # the first signal stops everything; more (a process group gets one each) must not interrupt it
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise Stop(signal.Signals(signum).name)
 
 
@@ -83,7 +89,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR)
     a = p.parse_args()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
     started = time.monotonic()
     plane = cluster.Plane(a.dir.resolve())
@@ -127,7 +133,7 @@ def main() -> int:
         return 1
     finally:
         # a second signal during the stop must not leave half of it behind
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         node_mod.down(node)
         cluster.down(plane)

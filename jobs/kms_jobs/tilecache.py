@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Iterator
@@ -29,6 +30,8 @@ from kms_crds.tilegrids import grid as tile_grid
 from kms_crds.tilegrids import tile_count, validate_wgs84_extent
 
 from .result import JobError, Logger
+
+SOURCE_WAIT_SECONDS = 120.0
 
 DEFAULT_CACHE_ROOT = "/var/cache/mapcache"
 MAPCACHE_SEED = os.environ.get("KMS_MAPCACHE_SEED", "mapcache_seed")
@@ -284,10 +287,39 @@ def _seed_one(
     return seeded, nonempty
 
 
+def wait_for_sources(xml: str, log: Logger, timeout: float | None = None) -> None:
+    """Wait (bounded: KMS_SEED_SOURCE_WAIT seconds, default 120) until every WMS source of the
+    configuration answers GetCapabilities: a seed created with a new service may start before its
+    MapServer pods are ready. After the wait, seeding goes on and fails with mapcache_seed's reason."""
+    if timeout is None:
+        timeout = float(os.environ.get("KMS_SEED_SOURCE_WAIT", SOURCE_WAIT_SECONDS))
+    urls = sorted({el.text.strip() for el in ET.fromstring(xml).iter("url") if el.text})
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        probe = url + ("&" if "?" in url else "?") + "SERVICE=WMS&REQUEST=GetCapabilities"
+        waited, last = False, ""
+        while True:
+            try:
+                with urllib.request.urlopen(probe, timeout=10) as r:
+                    if r.status == 200:
+                        break
+                    last = f"HTTP {r.status}"
+            except (OSError, ValueError) as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                log.warning("the tile source does not answer; seeding anyway", url=url, error=last)
+                break
+            if not waited:
+                log.info("waiting for the tile source", url=url)
+                waited = True
+            time.sleep(2)
+
+
 def seed(params: SeedParams, root: CacheRoot, log: Logger) -> dict[str, Any]:
     """Seed every tileset in turn (each with `threads` concurrent tile requests)."""
     xml = rewrite_cache_root(params.config_xml, str(root.root))
     dirs = _check_config(xml, params, root)
+    wait_for_sources(xml, log)
     g = tile_grid(params.grid)
     extents = {n: params.extent_of(n) for n in params.tilesets}
     expected = {n: tile_count(params.grid, params.min_zoom, params.max_zoom, e) for n, e in extents.items()}

@@ -510,8 +510,9 @@ def test_seed_with_an_extent_seeds_only_that_area(
 
 
 def test_seed_failure_exits_1_with_the_reason(
-    tmp_path: Path, cache_root: Path, locks: Path, job: Callable[..., JobRun]
+    tmp_path: Path, cache_root: Path, locks: Path, job: Callable[..., JobRun], monkeypatch
 ):
+    monkeypatch.setenv("KMS_SEED_SOURCE_WAIT", "0")  # no waiting for a source that never comes
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/"

@@ -230,6 +230,62 @@ def run(kubeconfig: Path, n: int = 100, big: int = 1000) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def standalone(n: int = 100, big: int = 1000, kubeconfig: Path | None = None) -> dict:
+    """run() on `kubeconfig`, or on a plane and real node of its own (started and stopped here)."""
+    node_mod = _load("kms_bench_node", REPO / "hack" / "node.py")
+    plane = node = None
+    if not kubeconfig:
+        work = Path(tempfile.mkdtemp(prefix="kms-node-plane-"))
+        plane, node = cluster_mod.Plane(work / "plane"), node_mod.Node(work / "node")
+        cluster_mod.up(plane, port=None, timeout=120, real_node=True)
+        try:
+            node_mod.up(node, plane)
+        except BaseException:
+            node_mod.down(node)
+            cluster_mod.down(plane)
+            raise
+        kubeconfig = plane.kubeconfig
+    try:
+        for crd in sorted((REPO / "crds").glob("*.yaml")):
+            install.Kubectl(kubeconfig).run("apply", "--server-side", "--force-conflicts", "-f", str(crd))
+        return run(kubeconfig, n, big)
+    finally:
+        if node:
+            node_mod.down(node)
+            cluster_mod.down(plane)
+
+
+def verdict_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
+    """Rows for bench.run's table: figures and ratios of the serving designs."""
+    s, t = r["serving"], r["tiles"]
+    rows = [
+        (
+            "GetMap p50: Service (mod_fcgid) / mapserv CGI in the pod",
+            f"{s['service_fcgid_ms']['p50']:.1f} / {s['pod_cgi_ms']['p50']:.1f} ms",
+            "ratio",
+            None,
+        ),
+        (
+            "cached tile p50: tile-cache pod (mod_mapcache) / kms_tiles on the host",
+            f"{t['tilecache_pod_ms']['p50']:.1f} / {t['kms_tiles_host_ms']['p50']:.1f} ms",
+            "mod_mapcache <= hand-written",
+            t["tilecache_pod_ms"]["p50"] <= t["kms_tiles_host_ms"]["p50"],
+        ),
+    ]
+    if r.get("big"):
+        b = r["big"]
+        rows.append(
+            (
+                f"GetMap p50 at {b['datasets']} layers: Service / in-pod CGI / in-memory mapscript",
+                f"{b['service_fcgid_ms']['p50']:.1f} / {b['pod_cgi_ms']['p50']:.1f} / "
+                f"{b['in_memory_mapscript_ms']['p50']:.1f} ms",
+                "ratio",
+                None,
+            )
+        )
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kubeconfig", type=Path)
@@ -237,23 +293,10 @@ def main() -> int:
     p.add_argument("--big", type=int, default=1000)
     p.add_argument("--json", type=Path)
     a = p.parse_args()
-    node_mod = _load("kms_bench_node", REPO / "hack" / "node.py")
-    plane = node = None
-    if not a.kubeconfig:
-        work = Path(tempfile.mkdtemp(prefix="kms-node-plane-"))
-        plane, node = cluster_mod.Plane(work / "plane"), node_mod.Node(work / "node")
-        cluster_mod.up(plane, port=None, timeout=120, real_node=True)
-        node_mod.up(node, plane)
-        a.kubeconfig = plane.kubeconfig
-    try:
-        for crd in sorted((REPO / "crds").glob("*.yaml")):
-            install.Kubectl(a.kubeconfig).run("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-        result = run(a.kubeconfig, a.requests, a.big)
-    finally:
-        if node:
-            node_mod.down(node)
-            cluster_mod.down(plane)
+    result = standalone(a.requests, a.big, a.kubeconfig)
     print(json.dumps(result, indent=2))
+    for row in verdict_rows(result):
+        print(" | ".join(str(x) for x in row))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
     return 0

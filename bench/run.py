@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from osgeo import gdal
 
-from bench import operator_bench, serving_bench
+from bench import node_bench, operator_bench, serving_bench
 from bench.common import (
     PY,
     REPO,
@@ -222,6 +222,8 @@ def _served_by_pods(plane: Plane, ns: str, name: str) -> str | None:
 
 def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:
     rows: list[tuple[str, str, str, bool | None]] = []
+    if r.get("node"):
+        rows += node_bench.verdict_rows(r["node"])
     for b in r["operator"]["bulk"]:
         rows.append(
             (
@@ -338,7 +340,7 @@ def main() -> int:
     p.add_argument("--sizes", default="100,1000")
     p.add_argument("--big", action="store_true", help="also 5,000 datasets")
     p.add_argument("--rss-n", type=int, default=10000)
-    p.add_argument("--skip", default="", help="comma list of: rss, facade, serving")
+    p.add_argument("--skip", default="", help="comma list of: rss, facade, serving, node")
     p.add_argument(
         "--bulk-timeout",
         type=float,
@@ -375,6 +377,9 @@ def main() -> int:
             results["serving"] = _phase(results, "serving", serving, plane, work, data_root)
     finally:
         plane.down()
+    if "node" not in skip:  # a plane of its own with the real node (one node per machine)
+        log("serving on the real node (chart, MapServer and MapCache pods)")
+        results["node"] = _phase(results, "node", node_bench.standalone)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "results.json"
     dump(out, results)

@@ -62,8 +62,10 @@ def test_every_container_runs_non_root_with_a_read_only_root(examples):
             r = p.k.run(
                 "exec", "-n", p.namespace, name, "-c", c["name"], "--", "sh", "-c", "id -u", check=False
             )
-            if r.returncode and not _serving(p.k.json("get", "pod", name, "-n", p.namespace)):
-                continue  # replaced meanwhile (a rollout): its successor has the same spec
+            if r.returncode:
+                live = {x["metadata"]["name"]: x for x in p.k.json("get", "pods", "-n", p.namespace)["items"]}
+                if name not in live or not _serving(live[name]):
+                    continue  # replaced meanwhile (a rollout): its successor has the same spec
             uid = r.stdout.strip()
             assert uid.isdigit() and int(uid) != 0, f"{name}/{c['name']} runs as uid {uid!r} {r.stderr}"
             w = p.k.run(

@@ -46,6 +46,7 @@ from cluster_common import (
     check_alive,
     free_port,
     log,
+    print_processes,
     run,
     start_process,
     wait_for,
@@ -97,6 +98,7 @@ __all__ = [
     "make_node_pki",
     "make_pki",
     "nft_delete_table",
+    "print_processes",
     "restart",
     "run",
     "start_process",
@@ -109,16 +111,10 @@ __all__ = [
 
 
 def status(plane: Plane) -> int:
-    state = plane.load()
-    pids = state.get("pids", {})
+    pids = plane.load().get("pids", {})
+    ok = print_processes(pids, 26)
     if not pids:
-        print("not running")
         return 1
-    ok = True
-    for name, pid in pids.items():
-        a = alive(pid)
-        ok &= a
-        print(f"{name:26} pid {pid:<8} {'running' if a else 'DEAD'}")
     print(f"kubeconfig: {plane.kubeconfig}")
     return 0 if ok else 1
 

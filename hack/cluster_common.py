@@ -109,6 +109,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def print_processes(pids: dict[str, int], width: int) -> bool:
+    """One line per started process (running or DEAD), or "not running"; True if all run."""
+    if not pids:
+        print("not running")
+        return False
+    ok = True
+    for name, pid in pids.items():
+        a = alive(pid)
+        ok &= a
+        print(f"{name:{width}} pid {pid:<8} {'running' if a else 'DEAD'}")
+    return ok
+
+
 def start_process(plane: Plane, state: dict, name: str, argv: list[str]) -> None:
     logs = plane.dir / "logs"
     logs.mkdir(exist_ok=True)

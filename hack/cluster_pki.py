@@ -14,8 +14,9 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _client_cert(pki: Path, name: str, cn: str, org: str | None = None) -> None:
-    subj = f"/CN={cn}" + (f"/O={org}" if org else "")
+def _signed_cert(pki: Path, name: str, subj: str, ext: str) -> None:
+    """A new key and a certificate for it signed by the plane's CA (ext: openssl extensions)."""
+    (pki / f"{name}.ext").write_text(ext)
     _openssl(
         "req",
         "-new",
@@ -30,9 +31,6 @@ def _client_cert(pki: Path, name: str, cn: str, org: str | None = None) -> None:
         subj,
         cwd=pki,
     )
-    (pki / f"{name}.ext").write_text(
-        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-    )
     _openssl(
         "x509",
         "-req",
@@ -50,46 +48,23 @@ def _client_cert(pki: Path, name: str, cn: str, org: str | None = None) -> None:
         "-extfile",
         f"{name}.ext",
         cwd=pki,
+    )
+
+
+def _client_cert(pki: Path, name: str, cn: str, org: str | None = None) -> None:
+    subj = f"/CN={cn}" + (f"/O={org}" if org else "")
+    _signed_cert(
+        pki, name, subj, "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
     )
 
 
 def _server_cert(pki: Path, name: str, cn: str, sans: str) -> None:
     """A serving certificate signed by the plane's CA (sans: openssl subjectAltName value)."""
-    (pki / f"{name}.ext").write_text(
-        f"subjectAltName={sans}\n"
-        "extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-    )
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
+    _signed_cert(
+        pki,
+        name,
         f"/CN={cn}",
-        cwd=pki,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "3650",
-        "-out",
-        f"{name}.crt",
-        "-extfile",
-        f"{name}.ext",
-        cwd=pki,
+        f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n",
     )
 
 

@@ -149,14 +149,9 @@ def alive(node: Node) -> bool:
 def status(node: Node) -> int:
     state = node.load()
     pids = state.get("pids", {})
+    ok = cluster.print_processes(pids, 12)
     if not pids:
-        print("not running")
         return 1
-    ok = True
-    for name, pid in pids.items():
-        a = cluster.alive(pid)
-        ok &= a
-        print(f"{name:12} pid {pid:<8} {'running' if a else 'DEAD'}")
     try:
         ready = _condition(_api_json(node, f"/api/v1/nodes/{NODE_NAME}"), "Ready")
     except (cluster.ClusterError, OSError, urllib.error.URLError) as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster_common import BRIDGE, BRIDGE_IP, POD_CIDR, ClusterError, Plane, log, run
+from cluster_common import BRIDGE, BRIDGE_IP, OWNER_FILE, POD_CIDR, ClusterError, Plane, log, run
 from netfilter_tables import delete_new_empty_tables, iptables_tables
 
 GUARD_CHAIN = "KMS-BRIDGE-INPUT"
@@ -28,8 +28,9 @@ def bridge_up(plane: Plane, state: dict, apiserver_port: int) -> None:
     the mangle table, which runs before filter, so no rule kube-proxy prepends there can precede it."""
     if link_exists(BRIDGE):
         raise ClusterError(
-            f"{BRIDGE} already exists: another real-node plane runs on this machine, or one was not "
-            "stopped (hack/cluster.py down --dir <its dir>); leaving it alone"
+            f"{BRIDGE} already exists: another real-node plane runs on this machine ({OWNER_FILE} names "
+            "its directory), or something else made it; leaving it alone (hack/cluster.py down --dir "
+            "<its dir>, hack/node.py down --dir <its dir>)"
         )
     state["bridge"] = {
         "tables_before": {"ip": iptables_tables("iptables-save"), "ip6": iptables_tables("ip6tables-save")}

@@ -26,6 +26,10 @@ BRIDGE = "cni0"
 BRIDGE_IP = "10.88.0.1"
 POD_CIDR = "10.88.0.0/16"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# which plane and node hold the bridge (one per machine). A run killed mid-way (SIGKILL, a
+# restarted sandbox) leaves cni0, rules and mounts behind; the next `up` finds their state
+# directories here and tears them down (cluster_stop.reclaim_stale)
+OWNER_FILE = Path(os.environ.get("KMS_REAL_NODE_OWNER", "/run/kube-mapserver/real-node.json"))
 
 
 def log(msg: str) -> None:
@@ -107,6 +111,41 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def runs(state: dict) -> bool:
+    """Whether a process that a state file records still runs as itself (same executable: a PID
+    reused after a restart does not count)."""
+    for name, pid in state.get("pids", {}).items():
+        argv0 = state.get("argv", {}).get(name, [""])[0]
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if alive(pid) and (not argv0 or cmdline == argv0):
+            return True
+    return False
+
+
+def load_owner() -> dict[str, str]:
+    return json.loads(OWNER_FILE.read_text()) if OWNER_FILE.exists() else {}
+
+
+def set_owner(**dirs: Path | None) -> None:
+    """Record (a Path) or forget (None) the plane's or the node's state directory in OWNER_FILE."""
+    owner = load_owner()
+    for key, d in dirs.items():
+        if d is None:
+            owner.pop(key, None)
+        else:
+            owner[key] = str(d)
+    if owner:
+        OWNER_FILE.parent.mkdir(parents=True, exist_ok=True)
+        OWNER_FILE.write_text(json.dumps(owner, indent=2))
+    else:
+        OWNER_FILE.unlink(missing_ok=True)
+        if OWNER_FILE.parent.exists() and not any(OWNER_FILE.parent.iterdir()):
+            OWNER_FILE.parent.rmdir()
 
 
 def print_processes(pids: dict[str, int], width: int) -> bool:

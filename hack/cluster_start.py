@@ -20,11 +20,12 @@ from cluster_common import (
     binaries,
     free_port,
     log,
+    set_owner,
     start_process,
     wait_for,
 )
 from cluster_pki import make_node_pki, make_pki, write_kubeconfig
-from cluster_stop import down
+from cluster_stop import down, reclaim_stale
 
 FAKE_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
 FAKE_NODE = {
@@ -62,6 +63,8 @@ def up(plane: Plane, port: int | None, timeout: float, real_node: bool = False) 
         return
     if state.get("pids") or state.get("bridge"):
         down(plane)  # half-dead plane from an earlier run: clean it up first
+    if real_node:
+        reclaim_stale()  # the bridge's last holder, if a killed run left it
     bins = binaries()
     plane.dir.mkdir(parents=True, exist_ok=True)
     pki = plane.dir / "pki"
@@ -87,6 +90,7 @@ def up(plane: Plane, port: int | None, timeout: float, real_node: bool = False) 
     try:
         if real_node:
             bridge_up(plane, state, ports["apiserver"])
+            set_owner(plane=plane.dir)
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
         start_process(

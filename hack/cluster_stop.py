@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from cluster_api import api_get
 from cluster_bridge import bridge_down
-from cluster_common import Plane, alive, log, start_process, wait_for
+from cluster_common import HACK, Plane, alive, load_owner, log, runs, set_owner, start_process, wait_for
 
 
 def restart(plane: Plane, component: str, timeout: float = 60) -> None:
@@ -64,4 +68,30 @@ def down(plane: Plane, grace: float = 10) -> list[int]:
     bridge_down(state)
     if plane.dir.exists():
         plane.save(state)
+    if load_owner().get("plane") == str(plane.dir):
+        set_owner(plane=None)
     return left
+
+
+def reclaim_stale() -> None:
+    """Tear down the real-node plane and node that OWNER_FILE names when none of their processes
+    runs any more (a run killed mid-way left the bridge, rules and mounts), so that a new plane can
+    take the bridge. A plane or node that still runs is left alone (bridge_up then refuses)."""
+    owner = load_owner()
+    if not owner:
+        return
+    node_file = Path(owner.get("node", "/nonexistent")) / "state.json"
+    node_state = json.loads(node_file.read_text()) if node_file.exists() else {}
+    plane = Plane(Path(owner["plane"])) if "plane" in owner else None
+    if runs(node_state) or (plane and runs(plane.load())):
+        return
+    if "node" in owner:
+        log(f"a killed run left its node in {owner['node']}: tearing it down")
+        node_py = str(HACK / "node.py")
+        r = subprocess.run([sys.executable, node_py, "down", "--dir", owner["node"]], check=False)
+        if r.returncode:
+            log(f"hack/node.py down --dir {owner['node']} left differences (exit {r.returncode})")
+    if plane:
+        log(f"a killed run left its plane in {plane.dir}: tearing it down")
+        down(plane)
+    set_owner(plane=None, node=None)

@@ -16,6 +16,7 @@ import base64
 import functools
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -97,15 +98,20 @@ def wait(what: str, probe: Callable[[], object], timeout: float = 300, interval:
 
 
 def prepare_dir(path: Path, uid: int = DATA_UID) -> None:
-    """A hostPath volume folder the product's non-root users can use (owned by uid 10001)."""
+    """Make a hostPath volume folder usable by the product's non-root pods: the tree owned by uid
+    10001 (facade uploads, job and tile-cache pods write), folders at least 0755 and files at least
+    0644 (MapServer, uid 33, reads); links are left alone. Only the folder itself matters: a bind
+    mount's parents need no permissions."""
     path.mkdir(parents=True, exist_ok=True)
-    for root, dirs, files in os.walk(path):
-        os.chown(root, uid, uid)
-        os.chmod(root, 0o755)
+    for top, _dirs, files in os.walk(path):
+        os.chown(top, uid, uid)
+        os.chmod(top, stat.S_IMODE(os.stat(top).st_mode) | 0o755)
         for name in files:
-            os.chown(os.path.join(root, name), uid, uid)
-        for name in dirs:
-            os.chown(os.path.join(root, name), uid, uid)
+            file = os.path.join(top, name)
+            if os.path.islink(file):
+                continue
+            os.chown(file, uid, uid)
+            os.chmod(file, stat.S_IMODE(os.stat(file).st_mode) | 0o644)
 
 
 def volume_objects(namespace: str, dirs: dict[str, Path]) -> list[dict]:

@@ -115,6 +115,7 @@ def up(
     }
     state["sysctls"] = state["before"]["sysctls"]
     node.save(state)
+    cluster.set_owner(node=node.dir)
     timings: dict[str, float] = {}
     try:
         _start(node, state, bins, manifest, pki, plane_state, timeout, timings, dns_check)

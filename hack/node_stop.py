@@ -150,6 +150,8 @@ def down(node: Node, timeout: float = 60) -> list[str]:
     for key in ("before", "route", "timings"):
         state.pop(key, None)
     node.save(state)
+    if cluster.load_owner().get("node") == str(node.dir):
+        cluster.set_owner(node=None)
     left = diff(before, snapshot())
     for p in problems:
         log(f"could not restore: {p}")

@@ -6,10 +6,8 @@ KMS_TEST_KUBECONFIG points at an existing cluster (e.g. kind in GitHub Actions).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,22 +16,13 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from tests.helpers import ClusterDNSProxy, delete_data_volumes, share_with_pods, wait_until
+from tests.helpers import ClusterDNSProxy, delete_data_volumes, hack_module, share_with_pods, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["tests.suite_policy"]  # unexpected skips and empty markers fail the run
 
 
-def _load_hack_module(name: str):
-    spec = importlib.util.spec_from_file_location(f"kms_hack_{name}", REPO / "hack" / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cluster_mod = _load_hack_module("cluster")
+cluster_mod = hack_module("cluster")
 
 
 @dataclass
@@ -64,7 +53,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The local plane with a real kubelet node running the images built here (kwok's fake node
     is tainted: only tests that tolerate it put pods there)."""
-    node_mod, images_mod = _load_hack_module("node"), _load_hack_module("images")
+    node_mod, images_mod = hack_module("node"), hack_module("images")
     manifest = images_mod.build()
     existing = os.environ.get("KMS_TEST_KUBECONFIG")
     if existing:
@@ -151,10 +140,7 @@ def crds(cluster: Cluster) -> list[str]:
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The operator's view of the data volume, with the example datasets' files."""
     root = tmp_path_factory.mktemp("data")
-    spec = importlib.util.spec_from_file_location("kms_sample_data", REPO / "hack" / "sample_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.write_samples(root)
+    hack_module("sample_data").write_samples(root)
     share_with_pods(root)  # job pods (uid 10001) write here, MapServer pods (uid 33) read
     return root
 

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def hack_module(name: str):
+    """hack/<name>.py, loaded by path once per process as `kms_hack_<name>` (hack/ scripts are not
+    a package; dataclasses and shared classes need one module object)."""
+    mod_name = f"kms_hack_{name}"
+    if mod_name in sys.modules:
+        return sys.modules[mod_name]
+    spec = importlib.util.spec_from_file_location(mod_name, REPO / "hack" / f"{name}.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def wait_until(probe: Callable[[], T], what: str, timeout: float = 60, interval: float = 0.25) -> T:
@@ -100,24 +118,9 @@ POD_UID = 10001  # job pods and tile-cache pods write as this user; MapServer (u
 
 
 def share_with_pods(root, uid: int = POD_UID) -> None:
-    """Make a hostPath folder usable by the product's non-root pods: the tree owned by uid 10001
-    (job and tile-cache pods write), folders 0755 and files at least 0644 (MapServer, uid 33,
-    reads). Only the folder itself matters: a bind mount's parents need no permissions."""
-    import os
-    import stat
-    from pathlib import Path
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for top, _dirs, files in os.walk(root):
-        os.chown(top, uid, uid)
-        os.chmod(top, stat.S_IMODE(os.stat(top).st_mode) | 0o755)
-        for name in files:
-            path = os.path.join(top, name)
-            if os.path.islink(path):
-                continue
-            os.chown(path, uid, uid)
-            os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | 0o644)
+    """Make a hostPath folder usable by the product's non-root pods (hack/install.py's prepare_dir,
+    the same as `make dev` and the e2e install do)."""
+    hack_module("install").prepare_dir(Path(root), uid)
 
 
 def make_data_volume(api, namespace: str, data_root, name: str = "map-data") -> None:

@@ -7,9 +7,7 @@ their own operator process: two operators must never reconcile the same namespac
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,23 +16,14 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import hack_module, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "kms-e2e"
 
 
-def _load(name: str):
-    sys.path.insert(0, str(REPO / "hack"))
-    spec = importlib.util.spec_from_file_location(f"kms_hack_{name}", REPO / "hack" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-install = _load("install")
-sample_data = _load("sample_data")
+install = hack_module("install")
+sample_data = hack_module("sample_data")
 
 
 @dataclass

@@ -5,16 +5,16 @@ Builds the images first (through hack/images.py's build()) when the manifest lac
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import posixpath
 import re
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import hack_module
 
 pytestmark = pytest.mark.e2e
 
@@ -26,15 +26,6 @@ COMPILER = re.compile(r"(?:[\w.]+-)?(?:gcc|g\+\+|c\+\+|cc|clang|clang\+\+)(?:-[\
 PIP = re.compile(r"pip(?:\d+(?:\.\d+)*)?")
 PIP_MODULE = re.compile(r".*/(?:site|dist)-packages/pip/__init__\.py")
 READ = {"etc/passwd", "etc/ssl/certs/ca-certificates.crt"}  # files whose content the checks need
-
-
-def _load_images_module():
-    spec = importlib.util.spec_from_file_location("kms_hack_images_audit", REPO / "hack" / "images.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @dataclass
@@ -52,6 +43,14 @@ class Image:
     def bin_dirs(self) -> set[str]:
         path = self.env.get("PATH", "")
         return set(BIN_DIRS) | {p.strip("/") for p in path.split(":") if p.strip("/")}
+
+    def commands(self, pattern: re.Pattern[str]) -> list[str]:
+        """Files on the image's PATH (and the usual bin folders) whose name matches `pattern`."""
+        return sorted(
+            f"/{path}"
+            for path in self.files
+            if posixpath.dirname(path) in self.bin_dirs() and pattern.fullmatch(posixpath.basename(path))
+        )
 
     def uid(self) -> int | None:
         """The numeric uid of the configured USER (None: unset, i.e. root)."""
@@ -104,7 +103,7 @@ def read_archive(archive: Path) -> Image:
 
 @pytest.fixture(scope="module")
 def manifest() -> dict:
-    images = _load_images_module()
+    images = hack_module("images")
     current = images.load_manifest()
     if not all(name in current and Path(current[name]["archive"]).is_file() for name in USER_IMAGES):
         current = images.build()
@@ -131,21 +130,13 @@ def test_runs_as_non_root(image: Image) -> None:
 
 @pytest.mark.parametrize("image", APP_IMAGES, indirect=True)
 def test_no_compilers(image: Image) -> None:
-    found = sorted(
-        f"/{path}"
-        for path in image.files
-        if posixpath.dirname(path) in image.bin_dirs() and COMPILER.fullmatch(posixpath.basename(path))
-    )
+    found = image.commands(COMPILER)
     assert not found, f"compilers in the image: {found}"
 
 
 @pytest.mark.parametrize("image", APP_IMAGES, indirect=True)
 def test_no_pip(image: Image) -> None:
-    commands = sorted(
-        f"/{path}"
-        for path in image.files
-        if posixpath.dirname(path) in image.bin_dirs() and PIP.fullmatch(posixpath.basename(path))
-    )
+    commands = image.commands(PIP)
     modules = sorted(f"/{path}" for path in image.files if PIP_MODULE.fullmatch(path))
     assert not commands, f"pip commands in the image: {commands}"
     assert not modules, f"the pip module is in the image: {modules}"
@@ -174,7 +165,7 @@ def test_mapcache_contract(image: Image) -> None:
 @pytest.mark.parametrize("image", ["kube-mapserver"], indirect=True)
 def test_build_cas_not_in_runtime(image: Image) -> None:
     """Extra CAs the build stage trusted (KMS_BUILD_CA_DIR) never reach the runtime image."""
-    images = _load_images_module()
+    images = hack_module("images")
     ca_dir = images.ca_dir()
     if not ca_dir:
         pytest.skip("no extra build CAs on this machine")

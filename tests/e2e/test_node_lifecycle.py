@@ -9,18 +9,17 @@ session's `cluster` fixture) makes it skip: there is one bridge and one kubelet 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import hack_module, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -31,19 +30,6 @@ SERVER = (
     "while (my $c = $s->accept) { while (<$c>) { last if /^\\r?\\n$/ }"
     ' print $c "HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nkms-hello\\n"; close $c }'
 )
-
-
-def _load_hack_module(name: str):
-    """hack/<name>.py by path, under the name tests/conftest.py uses (one module object)."""
-    mod_name = f"kms_hack_{name}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    spec = importlib.util.spec_from_file_location(mod_name, REPO / "hack" / f"{name}.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _skip_reason() -> str | None:
@@ -63,9 +49,9 @@ def test_node_up_and_down_leaves_the_machine_as_found(tmp_path: Path) -> None:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    cluster_mod = _load_hack_module("cluster")
-    node_mod = _load_hack_module("node")
-    images_mod = _load_hack_module("images")
+    cluster_mod = hack_module("cluster")
+    node_mod = hack_module("node")
+    images_mod = hack_module("images")
     manifest = images_mod.build(IMAGES_NEEDED)
     manifest = {name: manifest[name] for name in IMAGES_NEEDED}  # a smaller import
 
@@ -86,6 +72,40 @@ def test_node_up_and_down_leaves_the_machine_as_found(tmp_path: Path) -> None:
     assert not node_left, f"node.down() left differences against its start: {node_left}"
     assert not plane_left, f"control-plane processes survived: {plane_left}"
     assert node_mod.diff(before, after) == [], "the machine differs from before the plane and the node"
+
+
+def test_a_killed_run_is_torn_down_by_the_next_up(tmp_path: Path) -> None:
+    """A run killed mid-way (every plane and node process SIGKILLed, as when the machine's sandbox
+    restarts) leaves the bridge, rules, mounts and pods' processes behind; the next real-node `up`
+    finds them through the owner file, tears them down and starts."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster_mod, node_mod = hack_module("cluster"), hack_module("node")
+    manifest = hack_module("images").build(("pause", "coredns"))
+    manifest = {name: manifest[name] for name in ("pause", "coredns")}
+    before = node_mod.snapshot()
+    killed, fresh = cluster_mod.Plane(tmp_path / "killed"), cluster_mod.Plane(tmp_path / "fresh")
+    node = node_mod.Node(tmp_path / "node")
+    try:
+        cluster_mod.up(killed, port=None, timeout=120, real_node=True)
+        node_mod.up(node, killed, manifest)
+        assert cluster_mod.load_owner() == {"plane": str(killed.dir), "node": str(node.dir)}
+        pids = {**killed.load()["pids"], **node.load()["pids"]}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(cluster_mod.alive(p) for p in pids.values()), "killed processes gone")
+        assert Path("/sys/class/net/cni0").exists()
+
+        cluster_mod.up(fresh, port=None, timeout=120, real_node=True)
+        assert cluster_mod.load_owner() == {"plane": str(fresh.dir)}
+        assert not node.load().get("before"), "the killed node was not torn down"
+    finally:
+        node_mod.down(node)
+        cluster_mod.down(killed)
+        cluster_mod.down(fresh)
+    assert cluster_mod.load_owner() == {}
+    assert node_mod.diff(before, node_mod.snapshot()) == [], "the machine differs from before"
 
 
 def _check_node(plane, kubectl_bin: Path, image: str) -> None:

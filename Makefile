@@ -4,7 +4,7 @@ PY := .venv/bin/python
 CLUSTER_DIR ?= $(CURDIR)/.kms/cluster
 PYTEST_ARGS ?=
 
-.PHONY: help setup binaries cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e lint crds bench node-down clean
+.PHONY: help setup binaries cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e test-flaky lint crds bench node-down clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -28,7 +28,7 @@ cluster-status:
 	/usr/bin/python3 hack/cluster.py status --dir $(CLUSTER_DIR)
 
 dev: setup binaries helm images  ## run the product: control plane + real node + the chart, all pods real (Ctrl-C stops all)
-	$(PY) hack/dev.py --dir $(CLUSTER_DIR)
+	$(PY) hack/dev.py --dir $(CLUSTER_DIR) $(DEV_ARGS)
 
 test: setup binaries helm images  ## the whole suite: unit, e2e and integration (starts its own plane and real node)
 	hack/run-pytest.sh $(PYTEST_ARGS)
@@ -41,6 +41,9 @@ test-integration: setup binaries helm images  ## tests against a real kube-apise
 
 test-e2e: setup binaries helm images  ## the chart installed on the real node, walked end to end
 	hack/run-pytest.sh -m e2e $(PYTEST_ARGS)
+
+test-flaky: setup binaries helm images  ## N runs (default 3) under CPU load, failure rate per test (PYTEST_ARGS default: -m integration)
+	$(PY) hack/test_flaky.py -n $(or $(N),3) $(PYTEST_ARGS)
 
 lint: setup  ## ruff
 	.venv/bin/ruff check .

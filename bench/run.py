@@ -2,7 +2,11 @@
 run on a fresh local control plane. Prints a table (figure, target, pass/fail) and writes
 bench/results/results.json and bench/results/reconcile.png.
 
-    python -m bench.run [--sizes 100,1000] [--big] [--rss-n 10000] [--skip serving,facade]
+Phases: operator (always), rss and facade (search at --rss-n datasets), api (the facade alone:
+list latency at 1,000 datasets, login timing, /health with a hung apiserver; bench/api_bench.py),
+serving, node (the real node, a plane of its own; bench/node_bench.py).
+
+    python -m bench.run [--sizes 100,1000] [--big] [--rss-n 10000] [--skip serving,facade,api]
                         [--bulk-timeout 1200]
 """
 
@@ -19,7 +23,7 @@ from pathlib import Path
 import httpx
 from osgeo import gdal
 
-from bench import node_bench, operator_bench, serving_bench
+from bench import api_bench, node_bench, operator_bench, serving_bench
 from bench.common import (
     PY,
     REPO,
@@ -281,6 +285,8 @@ def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:
             )
         )
         rows.append(("facade RSS", f"{f['facade_rss_mb']:.0f} MB", "<= 150 MB", f["facade_rss_mb"] <= 150))
+    if r.get("api"):
+        rows += api_bench.verdict_rows(r["api"])
     s = r.get("serving")
     if s:
         m = s["mapfile"]
@@ -340,7 +346,7 @@ def main() -> int:
     p.add_argument("--sizes", default="100,1000")
     p.add_argument("--big", action="store_true", help="also 5,000 datasets")
     p.add_argument("--rss-n", type=int, default=10000)
-    p.add_argument("--skip", default="", help="comma list of: rss, facade, serving, node")
+    p.add_argument("--skip", default="", help="comma list of: rss, facade, api, serving, node")
     p.add_argument(
         "--bulk-timeout",
         type=float,
@@ -373,6 +379,9 @@ def main() -> int:
                 results["facade"] = _phase(
                     results, "facade", facade_bench, plane, work, data_root, f"rss-{a.rss_n}", a.rss_n
                 )
+        if "api" not in skip:
+            log("the facade alone: list latency, login timing, /health with a hung apiserver")
+            results["api"] = _phase(results, "api", api_bench.run, plane, work, data_root)
         if "serving" not in skip:
             results["serving"] = _phase(results, "serving", serving, plane, work, data_root)
     finally:

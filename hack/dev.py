@@ -27,11 +27,7 @@ import sample_data
 import images
 
 REPO = Path(__file__).resolve().parent.parent
-KMS = REPO / ".kms"
-DATA_ROOT = KMS / "data"
-TILES_ROOT = KMS / "tile-cache"
 NAMESPACE = install.NAMESPACE
-ADMIN_PASSWORD_FILE = KMS / "admin-password"
 
 
 class Stop(Exception):
@@ -87,13 +83,21 @@ def service_lines(k: install.Kubectl, seen: dict[str, str]) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR)
+    p.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR, help="the plane's directory")
+    p.add_argument(
+        "--state",
+        type=Path,
+        default=REPO / ".kms",
+        help="the node, the data and tile-cache volumes, the admin password (default .kms/)",
+    )
     a = p.parse_args()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
     started = time.monotonic()
     plane = cluster.Plane(a.dir.resolve())
-    node = node_mod.Node(KMS / "node")
+    state = a.state.resolve()
+    node = node_mod.Node(state / "node")
+    data_root, tiles_root, password_file = state / "data", state / "tile-cache", state / "admin-password"
     try:
         manifest = images.build()
         cluster.up(plane, port=None, timeout=120, real_node=True)
@@ -101,19 +105,19 @@ def main() -> int:
         k = install.Kubectl(plane.kubeconfig)
         # hack/kubectl (this kubeconfig) works in the product's namespace
         k.run("config", "set-context", "--current", f"--namespace={NAMESPACE}")
-        sample_data.write_samples(DATA_ROOT)
-        install.install(plane.kubeconfig, manifest, NAMESPACE, DATA_ROOT, TILES_ROOT)
+        sample_data.write_samples(data_root)
+        install.install(plane.kubeconfig, manifest, NAMESPACE, data_root, tiles_root)
         password = install.admin_password(plane.kubeconfig, NAMESPACE)
-        ADMIN_PASSWORD_FILE.write_text(password + "\n")
-        ADMIN_PASSWORD_FILE.chmod(0o600)
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
         facade = f"http://{install.service_ip(plane.kubeconfig, NAMESPACE, 'kube-mapserver-api')}"
         print(
             f"\nkube-mapserver dev is up in {time.monotonic() - started:.0f}s "
             f"(real node, namespace {NAMESPACE}).\n"
             f"  kubectl: hack/kubectl get pods        (KUBECONFIG={plane.kubeconfig})\n"
             f"  try:     hack/kubectl apply -f examples/ && hack/kubectl get mapdatasets,mapservices\n"
-            f"  facade:  {facade}/docs  (admin, password in {ADMIN_PASSWORD_FILE.relative_to(REPO)})\n"
-            f"  data:    {DATA_ROOT} (the examples' data volume)\n"
+            f"  facade:  {facade}/docs  (admin, password in {password_file})\n"
+            f"  data:    {data_root} (the examples' data volume)\n"
             f"Map services appear below as you create them. Ctrl-C stops everything.\n",
             flush=True,
         )

@@ -27,6 +27,15 @@ def hack_module(name: str):
     return mod
 
 
+def require_tool(path: Path, what: str, target: str) -> None:
+    """Fail (not skip) when a tool the test needs is missing, naming the make target that installs
+    it: a run without the tool must not look green."""
+    import pytest
+
+    if not Path(path).exists():
+        pytest.fail(f"{what} is missing ({path}): run `make {target}`", pytrace=False)
+
+
 def wait_until(probe: Callable[[], T], what: str, timeout: float = 60, interval: float = 0.25) -> T:
     """Poll probe() until it returns a truthy value; fail with `what` and the last value seen."""
     deadline = time.monotonic() + timeout

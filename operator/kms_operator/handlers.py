@@ -16,6 +16,7 @@ from kms_crds import GROUP, VERSION
 
 from .kube import ApiError, Kube
 from .labels import FINALIZER, MANAGED_BY
+from .metrics import WATCH_REQUESTS
 from .reconcile import Operator, dataset_snapshot, service_snapshot
 from .settings import Settings
 
@@ -92,9 +93,12 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     info = kopf.login_via_client(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
     if info is None:
         return None
+    watches = aiohttp.TraceConfig()
+    watches.on_request_start.append(_count_watch)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=Settings().connection_limit, ssl=info.as_ssl_context()),
         headers=info.as_http_headers(),
+        trace_configs=[watches],
     )
     return kopf.AiohttpSession(
         server=info.server,
@@ -102,6 +106,14 @@ async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
         expiration=info.expiration,
         aiohttp_session=session,
     )
+
+
+async def _count_watch(
+    session: aiohttp.ClientSession, context: Any, params: aiohttp.TraceRequestStartParams
+) -> None:
+    """Count each watch request Kopf opens (the first one and every reconnect), by resource."""
+    if params.url.query.get("watch") == "true":
+        WATCH_REQUESTS.labels(resource=params.url.path.rstrip("/").rsplit("/", 1)[-1]).inc()
 
 
 # ------------------------------------------------------------------ indexes (pre-listed by Kopf)

@@ -27,7 +27,15 @@ from .conditions import condition, get_condition, merge_conditions, status_chang
 from .inspect_source import InspectError, inspect_source
 from .kube import ApiError, Kube
 from .mapfile import DatasetInput, LayerRef, build_config, build_mapfile, epsg, layer_name, mapfile_hash
-from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES
+from .metrics import (
+    DATASET_PASSES,
+    MAPFILE_BUILDS,
+    MAPFILE_RENDERS,
+    QUEUED,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    SERVICE_PASSES,
+)
 from .settings import Settings
 
 log = logging.getLogger("kms_operator")
@@ -228,6 +236,7 @@ class Debouncer:
         self.dirty.add(key)
         if key not in self.tasks:
             self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(key))
+            QUEUED.labels(queue=self.name, namespace=key[0]).inc()
 
     async def _loop(self, key: Key) -> None:
         try:
@@ -247,6 +256,7 @@ class Debouncer:
                     await asyncio.sleep(min(30.0, 0.5 * 2**failures))
         finally:
             self.tasks.pop(key, None)
+            QUEUED.labels(queue=self.name, namespace=key[0]).dec()
 
     async def idle(self, timeout: float = 30) -> None:
         """Wait until no request is pending (tests, shutdown)."""
@@ -277,6 +287,7 @@ class BatchQueue:
         self.pending.setdefault(ns, set()).add(name)
         if ns not in self.tasks:
             self.tasks[ns] = asyncio.get_running_loop().create_task(self._loop(ns))
+            QUEUED.labels(queue=self.name, namespace=ns).inc()
 
     async def _loop(self, ns: str) -> None:
         try:
@@ -302,6 +313,7 @@ class BatchQueue:
                     await asyncio.sleep(min(30.0, 0.5 * 2**backoff))
         finally:
             self.tasks.pop(ns, None)
+            QUEUED.labels(queue=self.name, namespace=ns).dec()
 
     async def idle(self, timeout: float = 30) -> None:
         """Wait until no request is pending (tests, shutdown)."""
@@ -433,6 +445,7 @@ class Operator:
                 )
         self.notify_services(ns, name, dict(meta.get("labels") or {}))
         RECONCILES.labels(kind="MapDataset", result="problem" if problem else "ok").inc()
+        DATASET_PASSES.labels(namespace=ns).inc()
         RECONCILE_SECONDS.labels(kind="MapDataset").observe(time.monotonic() - t0)
 
     def _served_status(
@@ -784,6 +797,7 @@ class Operator:
             ns, (d for d in self.datasets_in(ns) if d["name"] in before or matches(d["labels"]))
         )
         self.service_cost[(ns, name)] = cost + time.thread_time() - t0
+        SERVICE_PASSES.labels(namespace=ns, service=name).inc()  # (servedBy fixes are queued by now)
 
     async def _reconcile_tile_cache(
         self,

@@ -1,17 +1,18 @@
-"""Config persisted in the cluster (across a facade restart) and a health report that stays fast."""
+"""Config persisted in the cluster (across a facade restart) and a health report that mirrors the
+MapServices and answers when the apiserver hangs (how fast it answers then is a `make bench`
+figure: bench/api_bench.py)."""
 
 from __future__ import annotations
 
 import json
 import socket
-import time
 
 import httpx
 import pytest
 import yaml
 from kubernetes import client
 
-from tests.helpers import create_cr, wait_until
+from tests.helpers import FAST_PROBES, condition, create_cr, wait_condition, wait_until
 
 
 def test_config_update_is_validated_persisted_and_survives_a_restart(cluster, facade_factory):
@@ -77,33 +78,38 @@ def test_health_reports_components(cluster, facade_factory, operator_process):
             "apiVersion": "maps.kube-mapserver.io/v1alpha1",
             "kind": "MapService",
             "metadata": {"name": "ocean"},
-            "spec": {"datasetSelector": {"matchLabels": {"collection": "ocean"}}},
+            "spec": {"datasetSelector": {"matchLabels": {"collection": "ocean"}}, "probes": FAST_PROBES},
         },
     )
+    # its MapServer pod (no datasets: an empty map) really runs: the service turns Ready
+    svc = wait_condition(cluster.api, fac.namespace, "MapService", "ocean", timeout=180)
+    ready = condition(svc, "Ready")
+    assert ready["reason"] == "Available", ready
 
-    def report_with_service():
+    def report_with_ready_service():
         report = httpx.get(f"{fac.url}/health", timeout=10).json()
-        return report if any(c["name"] == "mapservice/ocean" for c in report["components"]) else None
+        comp = next((c for c in report["components"] if c["name"] == "mapservice/ocean"), None)
+        return report if comp and comp["detail"].startswith("Available") else None
 
-    report = wait_until(report_with_service, "MapService in the health report")
-    comp = next(c for c in report["components"] if c["name"] == "mapservice/ocean")
-    assert comp["status"] in ("ok", "degraded")
-    assert report["status"] == ("ok" if comp["status"] == "ok" else "degraded")
+    report = wait_until(report_with_ready_service, "the Ready MapService in the health report (its watch)")
+    comps = {c["name"]: c for c in report["components"]}
+    assert comps["mapservice/ocean"]["status"] == "ok", comps
+    assert "tilecache/ocean" not in comps  # no tile cache in its spec
+    assert report["status"] == "ok", report
 
 
 @pytest.fixture
 def blackhole():
-    """A TCP port that accepts connections and never answers (an apiserver that hangs)."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(64)
-    try:
+    """A TCP port that accepts connections and never answers (an apiserver that hangs). The socket
+    stays bound and listening until the test is over (no port picked, released and hoped for): the
+    kernel completes each handshake into the backlog, nobody ever reads or writes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(socket.SOMAXCONN)
         yield s.getsockname()[1]
-    finally:
-        s.close()
 
 
-def test_health_answers_fast_when_the_apiserver_hangs(cluster, facade_factory, blackhole, tmp_path):
+def test_health_answers_503_when_the_apiserver_hangs(cluster, facade_factory, blackhole, tmp_path):
     cfg = yaml.safe_load(cluster.kubeconfig.read_text())
     for c in cfg["clusters"]:
         c["cluster"]["server"] = f"https://127.0.0.1:{blackhole}"
@@ -115,13 +121,14 @@ def test_health_answers_fast_when_the_apiserver_hangs(cluster, facade_factory, b
         KUBECONFIG=str(broken),
         KMS_OPERATOR_HEALTH_URL=f"http://127.0.0.1:{blackhole}/healthz",
     )
-    t0 = time.perf_counter()
+    # the blackhole never answers: any answer at all is the facade's own bounded checks giving up
+    # (the client's 10 s timeout only catches a hang)
     r = httpx.get(f"{fac.url}/health", timeout=10)
-    elapsed = time.perf_counter() - t0
     assert r.status_code == 503
     body = r.json()
-    comps = {c["name"]: c["status"] for c in body["components"]}
-    assert body["status"] == "down" and comps["kubernetes"] == "down" and comps["operator"] == "down"
-    assert elapsed < 2.5, f"/health took {elapsed:.2f}s"
+    comps = {c["name"]: c for c in body["components"]}
+    assert body["status"] == "down", body
+    assert comps["kubernetes"]["status"] == "down" and comps["operator"]["status"] == "down", comps
+    assert comps["cache"]["status"] == "down", comps  # never listed
     r = httpx.get(f"{fac.url}/datasets", headers={"Authorization": "Bearer x"}, timeout=10)
     assert r.status_code in (401, 503) and r.json()["detail"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import uuid
 
 import pytest
@@ -294,11 +294,36 @@ def test_prune_missing_dry_run_then_delete(cluster, facade, editor, data_root):
     assert editor.get(f"/datasets/prune-{tag}").status_code == 404
 
 
-def test_resync_creates_a_repair_metadata_job(facade, editor):
+def test_resync_runs_a_repair_metadata_job_and_applies_its_result(facade, editor, data_root):
     name = f"resync-{uuid.uuid4().hex[:6]}"
     assert editor.post("/datasets", json=spec(name)).status_code == 201
     r = editor.post("/datasets/maintenance/resync", json={"datasets": [name]})
-    assert r.status_code == 202
-    job = r.json()["jobs"][0]
-    assert job["type"] == "repair-metadata"
-    assert json.dumps(editor.get(f"/jobs/{job['id']}").json())
+    assert r.status_code == 202, r.text
+    jobs = r.json()["jobs"]
+    assert [j["type"] for j in jobs] == ["repair-metadata"] and jobs[0]["state"] == "in-progress"
+
+    def finished():
+        j = editor.get(f"/jobs/{jobs[0]['id']}").json()
+        return j if j["state"] != "in-progress" else None
+
+    done = wait_until(finished, "the repair-metadata job finished", timeout=90)
+    assert done["state"] == "success" and done["phase"] == "Succeeded", done
+    # the runner read the file itself (the sample: 360x180 one-band Float32 GeoTIFF, EPSG:4326, world)
+    tif = data_root / "ocean" / "sst-sample.tif"
+    checksum = "sha256:" + hashlib.sha256(tif.read_bytes()).hexdigest()
+    result = done["result"]
+    assert result["type"] == "repair-metadata" and result["count"] == 1, result
+    assert set(result["metadata"]) == {name}, result
+    meta = result["metadata"][name]
+    assert meta["extent"]["crs"] == "EPSG:4326", meta
+    assert meta["extent"]["bbox"] == pytest.approx([-180.0, -90.0, 180.0, 90.0]), meta
+    assert meta["wgs84Bbox"] == pytest.approx([-180.0, -90.0, 180.0, 90.0]), meta
+    assert meta["bandCount"] == 1 and meta["size"] == tif.stat().st_size, meta
+    assert meta["checksum"] == checksum, meta
+    # ... and the operator wrote that result into the dataset's status
+    status = wait_until(
+        lambda: (d := editor.get(f"/datasets/{name}").json()["status"] or {}).get("checksum") and d,
+        "the job's checksum in the dataset's status",
+        timeout=30,
+    )
+    assert status["checksum"] == checksum and status["size"] == tif.stat().st_size, status

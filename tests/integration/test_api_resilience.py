@@ -1,15 +1,21 @@
 """The facade while the kube-apiserver is gone (stopped: connections refused; frozen with SIGSTOP:
-connections hang): every call that needs the apiserver answers 503 with a JSON body within the
-facade's own timeouts, cached reads keep working, and the facade recovers by itself afterwards.
-Also: a login for an unknown user takes as long as one with a wrong password (no user oracle).
-Each test prints its figures."""
+connections hang): every call that needs the apiserver answers 503 with a JSON body (the facade
+gives up by itself: a call it does not answer fails at the client's 60 s timeout), cached reads
+keep working and are not queued behind hanging writes, and the facade recovers by itself
+afterwards. Also: an unknown user and a wrong password get the same answer (no user oracle), and
+dataset lists come from the watch cache (no LIST per request).
+
+Nothing here asserts on time: the order of answers and the facade's own counters are checked.
+How long things take is measured by `make bench` (bench/api_bench.py: list latency, login timing,
+/health with a hung apiserver). Each test prints what it saw."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
-import statistics
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,11 +25,12 @@ import pytest
 from kubernetes import client
 
 from tests.conftest import cluster_mod
-from tests.helpers import create_cr, get_cr, wait_until
+from tests.helpers import GROUP, VERSION, create_cr, get_cr, wait_until
 
 REQUEST_TIMEOUT = 4  # KMS_REQUEST_TIMEOUT of the facade under test
-CONNECT_TIMEOUT = 5  # the facade's connect timeout (kms_api.kube)
-BOUND = CONNECT_TIMEOUT + REQUEST_TIMEOUT + 3  # the slowest acceptable answer while the apiserver is gone
+UNAVAILABLE = "Kubernetes API is unavailable"  # the facade's 503 body (kms_api.errors.from_kube)
+NO_ANSWER = "unreachable or no answer in time"  # ... when its own call failed or timed out
+TOO_MANY = "too many calls waiting for it"  # ... when it refused the call at once (KMS_KUBE_MAX_PENDING)
 
 
 def ds_spec(id_: str) -> dict:
@@ -52,9 +59,7 @@ class ApiServer:
         pid = self.pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while cluster_mod.alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not cluster_mod.alive(pid), "kube-apiserver gone after SIGKILL", 10, 0.05)
 
     def freeze(self) -> None:
         os.killpg(self.pid, signal.SIGSTOP)
@@ -93,6 +98,15 @@ def _upload_dir(root) -> set[str]:
     return {p.name for p in d.iterdir()} if d.exists() else set()
 
 
+def _detail(resp: httpx.Response) -> str:
+    """The `detail` of an error body ("" for anything else)."""
+    try:
+        payload = resp.json()
+    except ValueError:
+        return ""
+    return str(payload.get("detail") or "") if isinstance(payload, dict) else ""
+
+
 @pytest.mark.chaos
 @pytest.mark.parametrize("mode", ["stopped", "frozen"])
 def test_facade_answers_503_while_the_apiserver_is_gone_and_recovers(
@@ -121,17 +135,16 @@ def test_facade_answers_503_while_the_apiserver_is_gone_and_recovers(
     headers = dict(editor.headers)
     uploads_before = _upload_dir(root)
 
-    def call(name: str, method: str, path: str, **kw) -> tuple[str, int, float, dict | str]:
-        t0 = time.monotonic()
-        try:
+    def call(name: str, method: str, path: str, **kw) -> tuple[str, int, dict | str]:
+        try:  # the 60 s client timeout only catches a facade that hangs instead of giving up itself
             resp = httpx.request(method, fac.url + path, headers=headers, timeout=60, **kw)
         except httpx.HTTPError as e:  # the facade itself did not answer: reported as status 0
-            return name, 0, time.monotonic() - t0, f"{type(e).__name__}: {e}"
+            return name, 0, f"{type(e).__name__}: {e}"
         try:
             payload = resp.json()
         except ValueError:
             payload = resp.text[:300]
-        return name, resp.status_code, time.monotonic() - t0, payload
+        return name, resp.status_code, payload
 
     writes = {  # each needs the apiserver: 503
         "GET /health": ("GET", "/health", {}),
@@ -168,18 +181,16 @@ def test_facade_answers_503_while_the_apiserver_is_gone_and_recovers(
         login_status = r.status_code
     finally:
         api.restore()
-        outage = time.monotonic() - t_down
+        outage = time.monotonic() - t_down  # printed only
         wait_until(lambda: _node_ready(cluster), "the fake node Ready again", 60)
 
     problems = []
-    for name, (status, elapsed, payload) in results.items():
+    for name, (status, payload) in results.items():
         want = 503 if name in writes else 200
-        if status != want or elapsed > BOUND:
-            problems.append(
-                f"{name}: HTTP {status} after {elapsed:.1f}s (want {want} within {BOUND}s): {payload}"
-            )
+        if status != want:
+            problems.append(f"{name}: HTTP {status} (want {want}): {payload}")
         elif name in writes and name != "GET /health":
-            assert isinstance(payload, dict) and "Kubernetes API is unavailable" in payload["detail"], payload
+            assert isinstance(payload, dict) and UNAVAILABLE in payload["detail"], payload
             assert "127.0.0.1" not in payload["detail"], "internal addresses leak into the error body"
         elif name == "GET /health":
             comps = {c["name"]: c["status"] for c in payload["components"]}
@@ -192,7 +203,7 @@ def test_facade_answers_503_while_the_apiserver_is_gone_and_recovers(
     # recovery, without touching the facade: health, writes, and the watches resynced
     t_up = time.monotonic()
     wait_until(fac.ready, "facade healthy again", 60)
-    healthy_after = time.monotonic() - t_up
+    healthy_after = time.monotonic() - t_up  # printed only
     after = f"after-{tag}"
     r = wait_until(
         lambda: (x := editor.post("/datasets", json=ds_spec(after))).status_code == 201 and x, "write"
@@ -209,9 +220,7 @@ def test_facade_answers_503_while_the_apiserver_is_gone_and_recovers(
             "spec": {k: v for k, v in ds_spec(outside).items() if k != "id"},
         },
     )
-    t_watch = time.monotonic()
     wait_until(lambda: editor.get(f"/datasets/{outside}").status_code == 200, "watch delivers a new CR", 30)
-    watch_lag = time.monotonic() - t_watch
     # the facade and the apiserver agree on every object touched during the outage (a frozen
     # apiserver may still carry out a request the facade gave up on: then the cache must show it)
     for name in (before, f"during-{tag}", after, outside):
@@ -225,115 +234,208 @@ def test_facade_answers_503_while_the_apiserver_is_gone_and_recovers(
     if mode == "stopped":  # nothing reached the apiserver: the refused delete deleted nothing
         assert get_cr(cluster.api, fac.namespace, "MapDataset", before) is not None
     editor.close()
-    slowest = max(e for _, e, _ in results.values())
     with capsys.disabled():
         print(
             f"\n[chaos] facade with the apiserver {mode} ({outage:.1f}s outage): "
             f"{len(writes)} calls answered 503, {len(reads) + 1} cached reads/logins answered 200, "
-            f"slowest answer {slowest:.1f}s (bound {BOUND}s), 0 hangs; healthy {healthy_after:.1f}s "
-            f"after the apiserver returned, watch lag {watch_lag:.1f}s, objects lost=0"
+            f"0 hangs; healthy {healthy_after:.1f}s after the apiserver returned, objects lost=0"
         )
 
 
-# ------------------------------------------------------------------ login timing (no user oracle)
+# ------------------------------------------------------------------ logins (no user oracle)
 
 
-def test_unknown_user_and_wrong_password_take_as_long(facade_factory, capsys):
-    fac = facade_factory(KMS_LOGIN_MAX_FAILURES="1000", KMS_LOGIN_IP_MAX_FAILURES="100000")
+def test_unknown_user_and_wrong_password_get_the_same_answer(facade_factory):
+    """An unknown user and a known one with a wrong password get the same status, body and headers,
+    and are throttled alike. (How long each takes is a `make bench` figure: bench/api_bench.py.)"""
+    fac = facade_factory(
+        KMS_LOGIN_MAX_FAILURES="3", KMS_LOGIN_IP_MAX_FAILURES="100000", KMS_LOGIN_WINDOW="600"
+    )
     url = f"{fac.url}/token"
 
-    def timed(username: str) -> float:
-        t0 = time.perf_counter()
-        r = httpx.post(url, data={"username": username, "password": "not-the-password"}, timeout=30)
-        elapsed = time.perf_counter() - t0
-        assert r.status_code == 401, r.text
-        return elapsed
+    def attempts(username: str) -> list[tuple]:
+        out = []
+        for i in range(4):  # 3 failures allowed per user name, the 4th is throttled
+            r = httpx.post(url, data={"username": username, "password": f"not-the-password-{i}"}, timeout=30)
+            out.append(
+                (
+                    r.status_code,
+                    r.json(),
+                    r.headers.get("www-authenticate"),
+                    r.headers.get("content-type"),
+                    "retry-after" in r.headers,  # its value counts down: only its presence is compared
+                )
+            )
+        return out
 
-    for _ in range(3):  # warm-up: first argon2 runs, caches
-        timed("editor")
-        timed("nobody")
-    unknown, wrong = [], []
-    for i in range(15):  # interleaved: load on the machine hits both alike
-        unknown.append(timed(f"nobody-{i}"))
-        wrong.append(timed("editor"))
-    mu, mw = statistics.median(unknown), statistics.median(wrong)
-    ratio = mu / mw
+    known, unknown = attempts("editor"), attempts("nobody")
+    assert [a[0] for a in known] == [401, 401, 401, 429], known
+    assert unknown == known
+
+
+# ------------------------------------------------------------------ reads from the watch cache
+
+CACHED = 60  # datasets; three pages of 20, keywords row-0, row-1, row-2
+
+
+def _cache_lists(url: str) -> int:
+    """Full LISTs the facade's dataset cache has done (its start, 410 Gone, errors)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    m = re.search(r'^kms_api_cache_lists\{resource="mapdatasets"\} ([0-9.]+)$', text, re.M)
+    assert m, "kms_api_cache_lists{resource=mapdatasets} missing from /metrics"
+    return int(float(m.group(1)))
+
+
+def test_dataset_lists_are_served_from_the_watch_cache(cluster, facade_factory, capsys):
+    """Paging, sorting and searching GET /datasets answer from the watch cache: right pages, and the
+    facade's count of full LISTs stays the same over every request. (Their latency at 1,000
+    datasets is a `make bench` figure: bench/api_bench.py.)"""
+    fac = facade_factory()
+    names = [f"cached-{i:03d}" for i in range(CACHED)]
+    titles = {n: f"Cached tile {i}" for i, n in enumerate(names)}
+    for i, name in enumerate(names):  # behind the facade's back: only its watch sees them
+        create_cr(
+            cluster.api,
+            fac.namespace,
+            {
+                "apiVersion": "maps.kube-mapserver.io/v1alpha1",
+                "kind": "MapDataset",
+                "metadata": {"name": name},
+                "spec": {
+                    "type": "raster",
+                    "source": {"path": f"perf/tile-{i:03d}.tif"},
+                    "identifier": f"no.test:{name}",
+                    "title": titles[name],
+                    "keywords": ["cached", f"row-{i // 20}"],
+                },
+            },
+        )
+    by_title_desc = sorted(names, key=lambda n: (titles[n].lower(), n))[::-1]
+    queries = [  # params, the ids of the page, total
+        ({"limit": 20}, names[:20], CACHED),
+        ({"limit": 20, "offset": 50, "sort": "-title"}, by_title_desc[50:70], CACHED),
+        ({"limit": 50, "q": "row-1"}, names[20:40], 20),
+    ]
+    rounds = 20
+    try:
+        with fac.client("viewer") as c:
+            wait_until(
+                lambda: c.get("/datasets", params={"limit": 1}).json()["total"] == CACHED,
+                f"{CACHED} datasets in the facade's cache",
+            )
+            lists_before = _cache_lists(fac.url)
+            for _ in range(rounds):
+                for params, ids, total in queries:
+                    r = c.get("/datasets", params=params)
+                    assert r.status_code == 200, r.text
+                    page = r.json()
+                    assert page["total"] == total, (params, page)
+                    assert [item["id"] for item in page["items"]] == ids, (params, page)
+            lists_after = _cache_lists(fac.url)
+    finally:  # leave the session's operator nothing to do
+        client.CustomObjectsApi(cluster.api).delete_collection_namespaced_custom_object(
+            GROUP, VERSION, fac.namespace, "mapdatasets"
+        )
+    assert lists_before == lists_after >= 1, (lists_before, lists_after)  # none LISTed
     with capsys.disabled():
         print(
-            f"\n[security] login timing: unknown user median {mu * 1000:.1f} ms, wrong password median "
-            f"{mw * 1000:.1f} ms (15 each, interleaved), ratio {ratio:.2f} (bound 0.5..2.0)"
+            f"\n[cache] {rounds * len(queries)} GET /datasets (pages, sorted, searched) over {CACHED} "
+            f"datasets: right pages, full LISTs by the facade meanwhile: {lists_after - lists_before}"
         )
-    assert 0.5 <= ratio <= 2.0, (unknown, wrong)
-    # and the answers are the same: status, body, headers that matter
-    a = httpx.post(url, data={"username": "nobody-x", "password": "x"}, timeout=30)
-    b = httpx.post(url, data={"username": "editor", "password": "x"}, timeout=30)
-    assert (a.status_code, a.json(), a.headers.get("www-authenticate")) == (
-        b.status_code,
-        b.json(),
-        b.headers.get("www-authenticate"),
-    )
+
+
+# ------------------------------------------------------------------ reads while writes hang
+
+WRITES = 50
+READS = 10
+MAX_PENDING = 24  # KMS_KUBE_MAX_PENDING of the facade under test (its default)
 
 
 @pytest.mark.chaos
-def test_cached_reads_stay_fast_while_writes_hang_on_a_frozen_apiserver(
+def test_cached_reads_are_answered_while_writes_hang_on_a_frozen_apiserver(
     cluster, facade_factory, operator_process, capsys
 ):
     """50 writes hang on a frozen apiserver at once: reads from the cache must not queue behind them
-    (the web server has 40 threads; at most KMS_KUBE_MAX_PENDING=24 may wait on the apiserver)."""
+    (the web server has 40 threads; at most KMS_KUBE_MAX_PENDING=24 calls may wait on the
+    apiserver, the other writes are refused at once). Checked by order, not by time: every read
+    is answered before the first write that waited on the apiserver comes back."""
     if not cluster.local:
         pytest.skip("freezes the local control plane's apiserver")
-    timeout = 8  # writes hang this long (connect timeout 5 s on fresh connections)
-    fac = facade_factory(KMS_WATCH_TIMEOUT="5", KMS_REQUEST_TIMEOUT=str(timeout))
+    fac = facade_factory(
+        KMS_WATCH_TIMEOUT="5", KMS_REQUEST_TIMEOUT="8", KMS_KUBE_MAX_PENDING=str(MAX_PENDING)
+    )
     tag = uuid.uuid4().hex[:6]
     with fac.client("editor") as editor:
         assert editor.post("/datasets", json=ds_spec(f"seen-{tag}")).status_code == 201
         headers = dict(editor.headers)
     api = ApiServer(cluster)
-    writes: list[tuple[int, float]] = []
-    reads: list[tuple[int, float]] = []
+    answers: list[tuple[str, int, str]] = []  # (write|read, status, detail) in the order they came back
+    lock = threading.Lock()
 
-    def timed(method: str, path: str, out: list, **kw) -> None:
-        t0 = time.monotonic()
+    def call(kind: str, method: str, path: str, **kw) -> None:
         r = httpx.request(method, fac.url + path, headers=headers, timeout=60, **kw)
-        out.append((r.status_code, time.monotonic() - t0))
+        with lock:
+            answers.append((kind, r.status_code, _detail(r)))
+
+    def refused() -> int:
+        with lock:
+            return sum(1 for k, s, d in answers if k == "write" and s == 503 and TOO_MANY in d)
 
     try:
         api.freeze()
-        with ThreadPoolExecutor(60) as pool:
-            for i in range(50):
-                pool.submit(timed, "POST", "/datasets", writes, json=ds_spec(f"w{i}-{tag}"))
-            time.sleep(2)  # the writes are in (or refused at once beyond KMS_KUBE_MAX_PENDING)
-            for _ in range(10):
-                pool.submit(timed, "GET", f"/datasets/seen-{tag}", reads).result()
+        with ThreadPoolExecutor(WRITES + 1) as pool:
+            writes = [
+                pool.submit(call, "write", "POST", "/datasets", json=ds_spec(f"w{i}-{tag}"))
+                for i in range(WRITES)
+            ]
+            # every write is in once all but MAX_PENDING of them were refused: the others (or a
+            # cache's own relist) hold every slot for apiserver calls, and wait on the frozen apiserver
+            wait_until(
+                lambda: refused() >= WRITES - MAX_PENDING,
+                f"{WRITES - MAX_PENDING} writes refused at once (KMS_KUBE_MAX_PENDING={MAX_PENDING})",
+                30,
+                0.02,
+            )
+            for _ in range(READS):  # one after the other, while those writes still wait
+                pool.submit(call, "read", "GET", f"/datasets/seen-{tag}").result()
+            for f in writes:  # each answered by the facade (an exception: no answer within 60 s)
+                f.result()
     finally:
         api.restore()
         wait_until(lambda: _node_ready(cluster), "the fake node Ready again", 60)
-    slowest_read = max(e for _, e in reads)
-    slowest_write = max(e for _, e in writes)
+    reads = [(i, s) for i, (k, s, _) in enumerate(answers) if k == "read"]
+    waited = [
+        (i, s, d) for i, (k, s, d) in enumerate(answers) if k == "write" and not (s == 503 and TOO_MANY in d)
+    ]
     with capsys.disabled():
         print(
-            f"\n[chaos] frozen apiserver, 50 concurrent writes: all {sorted({s for s, _ in writes})}, "
-            f"{sum(e < 1 for _, e in writes)} refused at once (KMS_KUBE_MAX_PENDING), slowest "
-            f"{slowest_write:.1f}s; 10 cached reads meanwhile {sorted({s for s, _ in reads})} "
-            f"(slowest {slowest_read:.2f}s)"
+            f"\n[chaos] frozen apiserver, {WRITES} concurrent writes: {WRITES - len(waited)} refused at "
+            f"once, {len(waited)} waited on the apiserver ({sorted({s for _, s, _ in waited})}); "
+            f"{len(reads)} cached reads meanwhile {sorted({s for _, s in reads})}, the last answered "
+            f"as #{max(i for i, _ in reads) + 1} of {len(answers)}, the first waiting write as "
+            f"#{min((i for i, _, _ in waited), default=-1) + 1}"
         )
-    assert {s for s, _ in reads} == {200}
-    assert slowest_read < 1.0, reads
-    assert all(s in (201, 503) for s, _ in writes) and slowest_write <= 5 + timeout + 3, writes
+    assert len(answers) == WRITES + READS
+    assert {s for _, s in reads} == {200}, answers
+    assert 1 <= len(waited) <= MAX_PENDING, answers
+    # the facade gave up on each by itself (its request timeout), or the apiserver took it
+    assert all(s == 201 or (s == 503 and NO_ANSWER in d) for _, s, d in waited), waited
+    assert max(i for i, _ in reads) < min(i for i, _, _ in waited), answers
 
 
 @pytest.mark.chaos
 def test_facade_started_during_an_outage_serves_once_the_apiserver_returns(
     cluster, facade_factory, operator_process, capsys
 ):
-    """A facade (re)started while the apiserver is down: 503s, never 500 or a hang; then it serves."""
+    """A facade (re)started while the apiserver is down: 503s, never 500 or a hang (a call it
+    does not answer fails at the client's 60 s timeout); then it serves."""
     if not cluster.local:
         pytest.skip("stops the local control plane's apiserver")
     fac = facade_factory(KMS_WATCH_TIMEOUT="5", KMS_REQUEST_TIMEOUT=str(REQUEST_TIMEOUT))
     token = fac.token("editor")
     fac.stop()
     api = ApiServer(cluster)
-    answers: dict[str, tuple[int, float, dict]] = {}
+    answers: dict[str, tuple[int, dict]] = {}
     try:
         api.stop()
         fac.start(wait_ready=False)
@@ -348,25 +450,21 @@ def test_facade_started_during_an_outage_serves_once_the_apiserver_returns(
                 {"headers": {"Authorization": f"Bearer {token}"}},
             ),
         ]:
-            t0 = time.monotonic()
             r = httpx.request(method, fac.url + path, timeout=60, **kw)
-            answers[name] = (r.status_code, time.monotonic() - t0, r.json())
+            answers[name] = (r.status_code, r.json())
     finally:
         api.restore()
         wait_until(lambda: _node_ready(cluster), "the fake node Ready again", 60)
-    for name, (status, elapsed, body) in answers.items():
-        assert status == 503 and elapsed <= BOUND, (name, status, elapsed, body)
+    for name, (status, body) in answers.items():
+        assert status == 503, (name, status, body)
         assert "127.0.0.1" not in str(body), (name, body)
-    t0 = time.monotonic()
     wait_until(fac.ready, "facade ready after the apiserver returned", 60)
-    ready_after = time.monotonic() - t0
     with fac.client("editor") as editor:  # a fresh login, and the token from before the restart still works
         assert editor.get("/datasets").status_code == 200
     r = httpx.get(f"{fac.url}/datasets", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert r.status_code == 200
     with capsys.disabled():
         print(
-            f"\n[chaos] facade started during an apiserver outage: {len(answers)} calls answered 503 "
-            f"(slowest {max(e for _, e, _ in answers.values()):.1f}s), server errors=0; serving "
-            f"{ready_after:.1f}s after the apiserver returned"
+            f"\n[chaos] facade started during an apiserver outage: {len(answers)} calls answered 503, "
+            f"server errors=0; serving again once the apiserver returned"
         )

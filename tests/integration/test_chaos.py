@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import time
 
@@ -215,16 +216,13 @@ def test_deleting_a_namespace_with_running_work_leaves_nothing(cluster, operator
 
 def test_a_second_operator_stands_by(cluster, namespace, operator_process, data_root, tmp_path):
     """Two operators by mistake: the second waits for the lease and processes nothing."""
+    from kms_operator.leadership import LEASE_NAME, lease_namespace
+
     # started by hand: OperatorProcess.start() would wait for liveness, which a standby never has
+    # (nor needs: no liveness endpoint, so no port to pick for it)
     with open(tmp_path / "second.log", "wb") as out:
         proc = subprocess.Popen(
-            [
-                str(REPO / ".venv" / "bin" / "python"),
-                "-m",
-                "kms_operator",
-                "--liveness",
-                f"http://127.0.0.1:{cluster_mod.free_port()}/healthz",
-            ],
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "kms_operator", "--liveness", ""],
             env={
                 **os.environ,
                 "KUBECONFIG": str(cluster.kubeconfig),
@@ -244,10 +242,16 @@ def test_a_second_operator_stands_by(cluster, namespace, operator_process, data_
         wait_until(
             lambda: all_ready(cluster.api, namespace, "mapdatasets"), "dataset handled by the first", 60
         )
-        time.sleep(2)
+        # The standby was waiting before the dataset existed; it can only have processed it after
+        # taking the lease, which it logs before it starts anything. Still waiting now (alive, the
+        # lease with the first operator, never "holding lease") = it processed nothing.
+        assert proc.poll() is None, (tmp_path / "second.log").read_text()
+        lease = client.CoordinationV1Api(cluster.api).read_namespaced_lease(LEASE_NAME, lease_namespace())
+        first = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{operator_process.proc.pid}"
+        assert lease.spec.holder_identity == first, f"lease held by {lease.spec.holder_identity}, not {first}"
         log = (tmp_path / "second.log").read_text()
-        assert "Handler" not in log and "one" not in log, "the standby operator processed objects"
-        assert proc.poll() is None
+        assert "holding lease" not in log, "the standby operator took the lease"
+        assert "Handler" not in log and f"{namespace}/one" not in log, "the standby processed objects"
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -15,37 +15,30 @@ node has): they never start, and nothing is pulled from a registry."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
 
-from tests.helpers import create_cr, wait_until
+from tests.helpers import create_cr, hack_module, require_tool, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_chart_module():
-    spec = importlib.util.spec_from_file_location("kms_hack_chart", REPO / "hack" / "chart.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+chart = hack_module("chart")
 
 
-chart = _load_chart_module()
+@pytest.fixture
+def _helm_built() -> None:
+    require_tool(chart.helm_path(), "helm", "helm")
 
-pytestmark = pytest.mark.skipif(
-    not chart.helm_path().exists(),
-    reason=f"helm is not built ({chart.helm_path()}): run `make helm` (hack/build-helm.sh)",
-)
+
+pytestmark = pytest.mark.usefixtures("_helm_built")
 
 NAMESPACED_KINDS = [
     ("v1", "pods"),

@@ -89,9 +89,30 @@ def children(api, ns: str, svc: str) -> dict[str, list[str]]:
     }
 
 
-def settled(api, ns: str, svc: str) -> dict:
+def metric(operator_process, name: str, **labels: str) -> float:
+    """The sum of the operator's samples `name` that carry these labels (0 when there is none yet).
+    Its counters start at 0 with each operator process."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{operator_process.metrics_port}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def operator_idle(operator_process, ns: str) -> bool:
+    """The operator has nothing queued or running for the namespace (service reconciles, servedBy
+    checks, MapJob reconciles)."""
+    return metric(operator_process, "kms_queued_reconciles", namespace=ns) == 0
+
+
+def settled(api, ns: str, svc: str, operator_process) -> dict:
     """Wait until the service is Ready and its Deployment fully rolled out (its MapServer pods
-    really run: started, mapfile checked, ready); return resourceVersions."""
+    really run: started, mapfile checked, ready), every dataset it serves lists it in servedBy, and
+    the operator has nothing left to do in the namespace; return resourceVersions."""
     wait_condition(api, ns, "MapService", svc, timeout=180)
     apps = client.AppsV1Api(api)
 
@@ -103,7 +124,17 @@ def settled(api, ns: str, svc: str) -> dict:
         ) == (st.updated_replicas or 0)
 
     wait_until(rolled, f"deployment {svc} rolled out", timeout=180)
-    time.sleep(1.5)  # let trailing status events drain through the debouncer
+
+    def quiet() -> bool:
+        served = get_cr(api, ns, "MapService", svc)["status"].get("datasets") or []
+        recorded = all(
+            svc in (((get_cr(api, ns, "MapDataset", d) or {}).get("status") or {}).get("servedBy") or [])
+            for d in served
+        )
+        return recorded and operator_idle(operator_process, ns)
+
+    # the trailing writes of the rollout (servedBy of the datasets, follow-up passes) are done
+    wait_until(quiet, f"{svc} recorded in its datasets' servedBy and the operator idle in {ns}", timeout=60)
     return resource_versions(api, ns, svc)
 
 
@@ -180,54 +211,92 @@ def test_metrics_endpoint(cluster, ns, operator_process):
     for name in ("kms_reconciles_total", "kms_reconcile_duration_seconds", "kms_api_writes_total"):
         assert name in text
     assert 'kms_reconciles_total{kind="MapDataset",result="ok"}' in text
+    # what other tests wait on instead of sleeping
+    assert metric(operator_process, "kms_dataset_passes_total", namespace=ns) >= 1
+    assert metric(operator_process, "kms_watch_requests_total", resource="mapdatasets") >= 1
+    assert "kms_queued_reconciles" in text and "kms_service_passes_total" in text
 
 
-def test_title_edit_rerenders_only_selecting_services(cluster, ns):
+def test_title_edit_rerenders_only_selecting_services(cluster, ns, operator_process):
     create_cr(cluster.api, ns, dataset("a1", labels={"set": "a"}))
     create_cr(cluster.api, ns, dataset("b1", labels={"set": "b"}))
     create_cr(cluster.api, ns, service("svc-a", {"set": "a"}))
     create_cr(cluster.api, ns, service("svc-b", {"set": "b"}))
-    settled(cluster.api, ns, "svc-a")
-    before_b = settled(cluster.api, ns, "svc-b")
+    settled(cluster.api, ns, "svc-b", operator_process)
+    before_a = settled(cluster.api, ns, "svc-a", operator_process)
+    before_b = resource_versions(cluster.api, ns, "svc-b")
     hash_a = get_cr(cluster.api, ns, "MapService", "svc-a")["status"]["mapfileHash"]
+
+    def builds() -> dict[str, float]:
+        return {
+            s: metric(operator_process, "kms_mapfile_builds_total", namespace=ns, service=s)
+            for s in ("svc-a", "svc-b")
+        }
+
+    builds_before = builds()
 
     patch_cr(cluster.api, ns, "MapDataset", "a1", {"spec": {"title": 'Edited "title" END'}})
     wait_until(
         lambda: get_cr(cluster.api, ns, "MapService", "svc-a")["status"]["mapfileHash"] != hash_a,
         "svc-a mapfile re-rendered",
     )
-    after_a = settled(cluster.api, ns, "svc-a")
+    after_a = settled(cluster.api, ns, "svc-a", operator_process)
     dep = client.AppsV1Api(cluster.api).read_namespaced_deployment("svc-a", ns)
     assert dep.spec.template.metadata.annotations["maps.kube-mapserver.io/mapfile-hash"] != hash_a
     m = mapscript.fromstring(mapfile_of(cluster.api, ns, "svc-a"))
     assert m.numlayers == 1 and m.getLayer(0).metadata.get("wms_title") == 'Edited "title" END'
-    assert after_a["deployment"]
+    assert after_a["configmap"] != before_a["configmap"], "svc-a's new mapfile is not in a new ConfigMap"
+    assert after_a["deployment"] != before_a["deployment"], "svc-a's Deployment was not rolled"
+    # the edit went all the way through (svc-a re-rendered and settled, nothing left queued in the
+    # namespace): only now does "svc-b unchanged" prove something
+    after = builds()
+    assert after["svc-a"] > builds_before["svc-a"], (builds_before, after)
+    assert after["svc-b"] == builds_before["svc-b"], "svc-b's mapfile was rebuilt although unaffected"
     assert resource_versions(cluster.api, ns, "svc-b") == before_b, "svc-b was written although unaffected"
 
 
 def test_restart_is_a_noop_resync(cluster, ns, operator_process):
     create_cr(cluster.api, ns, dataset("r1"))
     create_cr(cluster.api, ns, service("svc", {"collection": "ocean"}))
-    before = settled(cluster.api, ns, "svc")
+    before = settled(cluster.api, ns, "svc", operator_process)
     kids = children(cluster.api, ns, "svc")
 
     operator_process.restart(kill=True)  # kill -9 mid-run, then the resume handlers re-reconcile all
-    time.sleep(4)
+    # proof that the resync ran before "nothing changed" means anything: the new process (its
+    # counters start at 0) reconciled the dataset and took the service through a whole pass, and
+    # what those queued (re-renders, servedBy checks) is done too
+    wait_until(
+        lambda: (
+            metric(operator_process, "kms_dataset_passes_total", namespace=ns) >= 1
+            and metric(operator_process, "kms_service_passes_total", namespace=ns, service="svc") >= 1
+            and operator_idle(operator_process, ns)
+        ),
+        "the restarted operator's resync of the dataset and the service, nothing left queued",
+        timeout=120,
+    )
+    assert metric(operator_process, "kms_mapfile_builds_total", namespace=ns, service="svc") >= 1
+    assert metric(operator_process, "kms_mapfile_renders_total", namespace=ns, service="svc") == 0, (
+        "the resync wrote a new mapfile ConfigMap"
+    )
     assert resource_versions(cluster.api, ns, "svc") == before, "a resync after restart wrote to the API"
     assert children(cluster.api, ns, "svc") == kids, "restart created duplicate children"
 
 
-def test_deleted_children_are_restored(cluster, ns):
+def test_deleted_children_are_restored(cluster, ns, operator_process):
     create_cr(cluster.api, ns, dataset("d1"))
     create_cr(cluster.api, ns, service("svc", {"collection": "ocean"}))
-    settled(cluster.api, ns, "svc")
+    settled(cluster.api, ns, "svc", operator_process)
     obj = get_cr(cluster.api, ns, "MapService", "svc")
     apps, core = client.AppsV1Api(cluster.api), client.CoreV1Api(cluster.api)
+    cm = obj["status"]["configMap"]
 
+    # restored means a new object (a new uid), not the deleted one still being read back
+    old = apps.read_namespaced_deployment("svc", ns).metadata.uid
     apps.delete_namespaced_deployment("svc", ns)
-    wait_until(lambda: apps.read_namespaced_deployment("svc", ns).metadata.uid, "Deployment restored")
-    core.delete_namespaced_config_map(obj["status"]["configMap"], ns)
-    wait_until(lambda: core.read_namespaced_config_map(obj["status"]["configMap"], ns), "ConfigMap restored")
+    wait_until(lambda: apps.read_namespaced_deployment("svc", ns).metadata.uid != old, "Deployment restored")
+    old = core.read_namespaced_config_map(cm, ns).metadata.uid
+    core.delete_namespaced_config_map(cm, ns)
+    wait_until(lambda: core.read_namespaced_config_map(cm, ns).metadata.uid != old, "ConfigMap restored")
     # a hand edit of a field we own is reverted
     apps.patch_namespaced_deployment("svc", ns, {"spec": {"replicas": 3}})
     wait_until(
@@ -235,12 +304,12 @@ def test_deleted_children_are_restored(cluster, ns):
     )
 
 
-def test_deleting_service_removes_all_children(cluster, ns):
+def test_deleting_service_removes_all_children(cluster, ns, operator_process):
     create_cr(cluster.api, ns, dataset("d1"))
     create_cr(
         cluster.api, ns, service("svc", {"collection": "ocean"}, podDisruptionBudget={"minAvailable": 1})
     )
-    settled(cluster.api, ns, "svc")
+    settled(cluster.api, ns, "svc", operator_process)
     assert all(children(cluster.api, ns, "svc").values())
     delete_cr(cluster.api, ns, "MapService", "svc")
     wait_until(
@@ -339,12 +408,26 @@ def test_bad_sources_are_not_ready_and_do_not_break_the_service(cluster, ns, dat
     )
 
 
-def test_change_seen_after_apiserver_closed_the_watch(cluster, ns):
+def test_change_seen_after_apiserver_closed_the_watch(cluster, ns, operator_process):
     """The session operator's watches are closed by the apiserver every 5 s (server timeout)."""
     create_cr(cluster.api, ns, dataset("w1"))
     create_cr(cluster.api, ns, service("svc", {"collection": "ocean"}))
-    settled(cluster.api, ns, "svc")
-    time.sleep(12)  # more than two watch lifetimes
+    settled(cluster.api, ns, "svc", operator_process)
+
+    def watches() -> dict[str, float]:
+        return {
+            r: metric(operator_process, "kms_watch_requests_total", resource=r)
+            for r in ("mapdatasets", "mapservices")
+        }
+
+    opened = watches()
+    # each watch is opened anew only once the previous one ended: two more requests of each mean the
+    # watches open now were closed by the apiserver and reopened at least twice
+    wait_until(
+        lambda: all(n >= opened[r] + 2 for r, n in watches().items()),
+        f"the dataset and service watches reopened twice (from {opened})",
+        timeout=60,
+    )
     create_cr(cluster.api, ns, dataset("w2"))
     wait_until(
         lambda: get_cr(cluster.api, ns, "MapService", "svc")["status"]["datasetCount"] == 2,
@@ -382,4 +465,8 @@ def test_optional_children_follow_the_spec(cluster, ns):
             return e.status == 404
 
     wait_until(gone, "Ingress removed when dropped from the spec")
-    assert not hpa.list_namespaced_horizontal_pod_autoscaler(ns).items
+    # (the same pass deletes the HPA after the Ingress: waited for, not asserted at once)
+    wait_until(
+        lambda: not hpa.list_namespaced_horizontal_pod_autoscaler(ns).items,
+        "HPA removed when dropped from the spec",
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
 import jwt
@@ -219,11 +220,14 @@ def test_store_keeps_the_newest_version():
 
 
 class ScriptedApi:
-    """Stands in for the apiserver's list/watch answers to drive the watch loop through a 410."""
+    """Stands in for the apiserver's list/watch answers to drive the watch loop through a 410. It
+    asserts nothing itself (it runs on the store's thread, whose errors the loop logs and survives):
+    it records what it was asked, for the test to check."""
 
     def __init__(self, store_ref: list):
         self.lists = 0
         self.watches = 0
+        self.watch_versions: list[str] = []
         self.store_ref = store_ref
 
     def call(self, method: str, path: str, query: dict | None = None) -> dict:
@@ -234,25 +238,36 @@ class ScriptedApi:
 
     def watch(self, path: str, query: dict, timeout_seconds: int):
         self.watches += 1
+        self.watch_versions.append(query.get("resourceVersion"))
         if self.watches == 1:
             yield {"type": "ADDED", "object": {"metadata": {"name": "late", "resourceVersion": "11"}}}
             yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old"}}
         elif self.watches == 2:
-            assert query["resourceVersion"] == "20", query  # watching on from the relist
             yield {"type": "DELETED", "object": {"metadata": {"name": "obj-2", "resourceVersion": "21"}}}
         else:
             self.store_ref[0].stop()
             return
 
 
-def test_watch_loop_relists_after_410_gone_and_resumes():
+def test_watch_loop_relists_after_410_gone_and_resumes(caplog: pytest.LogCaptureFixture):
     holder: list = []
     api = ScriptedApi(holder)
     store = Store(api, "/things", "things", watch_timeout=1)  # type: ignore[arg-type]
     holder.append(store)
-    store.start()
-    store._thread.join(timeout=10)
+    with caplog.at_level(logging.INFO, logger="kms_api.cache"):
+        store.start()
+        store._thread.join(timeout=10)
+        store.stop()
+    # the loop logs and survives what goes wrong on its thread: any of it fails the test here, with
+    # the thread's own exception when there is one
+    trouble = [r for r in caplog.records if r.name == "kms_api.cache" and r.levelno >= logging.WARNING]
+    for record in trouble:
+        if record.exc_info and record.exc_info[1] is not None:
+            raise record.exc_info[1]
+    assert not trouble, [r.getMessage() for r in trouble]
     assert not store._thread.is_alive()
+    # listed, watched from the list, relisted on 410 Gone, watched on from the relist and from there
+    assert api.watch_versions == ["10", "20", "21"]
     assert api.lists == 2 and store.relists == 2
     assert store.get("obj-1") is None and store.get("late") is None  # replaced by the relist
     assert store.get("obj-2") is None  # deleted by the watch after the relist

@@ -6,7 +6,6 @@ UPDATE_GOLDEN=1 rewrites tests/golden/chart/*.yaml."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -16,24 +15,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import hack_module, require_tool
+
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "golden" / "chart"
 
 
-def _load_chart_module():
-    spec = importlib.util.spec_from_file_location("kms_hack_chart", REPO / "hack" / "chart.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+chart = hack_module("chart")
 
 
-chart = _load_chart_module()
+@pytest.fixture
+def _helm_built() -> None:
+    require_tool(chart.helm_path(), "helm", "helm")
 
-needs_helm = pytest.mark.skipif(
-    not chart.helm_path().exists(),
-    reason=f"helm is not built ({chart.helm_path()}): run `make helm` (hack/build-helm.sh)",
-)
+
+needs_helm = pytest.mark.usefixtures("_helm_built")
 
 # golden variants: profile files + --set overrides
 VARIANTS = {

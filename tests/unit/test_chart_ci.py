@@ -3,29 +3,20 @@ proxy by `make helm`), the Dockerfile and its pinned Python packages, the kind h
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.helpers import hack_module, require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"
 
 
-def _load_chart_module():
-    spec = importlib.util.spec_from_file_location("kms_hack_chart", REPO / "hack" / "chart.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-chart = _load_chart_module()
+chart = hack_module("chart")
 
 
 def workflow(name: str) -> dict:
@@ -35,11 +26,8 @@ def workflow(name: str) -> dict:
 # ------------------------------------------------------------------------------------ workflows
 
 
-@pytest.mark.skipif(
-    not chart.actionlint_path().exists(),
-    reason=f"actionlint is not built ({chart.actionlint_path()}): run `make helm`",
-)
 def test_workflows_pass_actionlint():
+    require_tool(chart.actionlint_path(), "actionlint", "helm")
     r = subprocess.run(
         [str(chart.actionlint_path()), "-no-color"], cwd=REPO, capture_output=True, text=True, timeout=120
     )

@@ -21,6 +21,9 @@
 #   SMOKE_JOB          0 skips the cog-convert job (default 1)
 #   SMOKE_WMS          0 skips the WMS steps (default 1)
 #   SMOKE_KEEP         1 keeps what the walk created (default 0: deleted at the end, also on failure)
+#   SMOKE_MIN_COVERAGE share of the GetMap's pixels that must be drawn (default 0.2); a blank or
+#                      one-colour image fails the walk (hack/png_coverage.py; tiles: any drawn pixel)
+#   SMOKE_OUT          a folder to copy the GetMap and tile PNGs to (default: none)
 # Exit 0 when every step passed; otherwise 1 with "SMOKE FAILED at step N (name): reason".
 set -uo pipefail
 
@@ -37,7 +40,10 @@ SMOKE_TILES=${SMOKE_TILES:-1}
 SMOKE_JOB=${SMOKE_JOB:-1}
 SMOKE_WMS=${SMOKE_WMS:-1}
 SMOKE_KEEP=${SMOKE_KEEP:-0}
+SMOKE_MIN_COVERAGE=${SMOKE_MIN_COVERAGE:-0.2}
+SMOKE_OUT=${SMOKE_OUT:-}
 PY=${PYTHON:-python3}
+HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 RUN_ID=$(date +%s)-$$
 NAME="smoke-$(printf '%s' "$RUN_ID" | tr -c 'a-z0-9\n' '-' | cut -c1-40)"
@@ -98,6 +104,16 @@ wait_for() {
     sleep 2
   done
   fail "timed out after ${SMOKE_TIMEOUT}s waiting for $what; last: ${LAST:-nothing}"
+}
+
+# drawn PNG MIN: a PNG whose drawn (non-transparent) share is at least MIN and that is not one flat
+# colour (hack/png_coverage.py, standard library only)
+drawn() {
+  "$PY" "$HACK/png_coverage.py" "$1" "$2" >>"$WORK/drawn.txt" 2>&1
+}
+# keep_image FILE: copy it to SMOKE_OUT (tests check its pixels)
+keep_image() {
+  if [ -n "$SMOKE_OUT" ] && [ -f "$1" ]; then cp "$1" "$SMOKE_OUT/"; fi
 }
 
 command -v curl >/dev/null || { log "curl is required"; exit 2; }
@@ -228,17 +244,25 @@ else
   }
   wait_for "GetCapabilities at $url listing $layer" caps_ok
 
-  step "WMS GetMap PNG of $layer"
+  step "WMS GetMap PNG of $layer, drawn"
   base=${url%%\?*}
-  getmap="$base?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=$layer&STYLES=&CRS=EPSG:4326&BBOX=-90,-180,90,180&WIDTH=256&HEIGHT=128&FORMAT=image/png"
-  code=$(curl -sS -o "$WORK/map.png" -w '%{http_code}' --max-time 60 "$getmap" 2>"$WORK/curl.err" || true)
-  if [ "$code" = 200 ] && [ "$(head -c 4 "$WORK/map.png" | od -An -c | tr -d ' \n')" = '211PNG' ]; then
-    log "GetMap: $(wc -c <"$WORK/map.png") bytes of PNG"
-  elif [ "$SMOKE_REQUIRE_WMS" = 1 ]; then
-    fail "GetMap answered HTTP $code: $(head -c 300 "$WORK/map.png" 2>/dev/null)"
+  getmap="$base?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=$layer&STYLES=&CRS=EPSG:4326&BBOX=-90,-180,90,180&WIDTH=256&HEIGHT=128&FORMAT=image/png&TRANSPARENT=TRUE"
+  # a MapService rolling out its new mapfile briefly has a pod without the layer behind its
+  # Service: a LayerNotDefined answer is waited out, like the capabilities above
+  map_ok() {
+    local code; code=$(curl -sS -o "$WORK/map.png" -w '%{http_code}' --max-time 60 "$getmap" 2>"$WORK/curl.err" || true)
+    LAST="HTTP $code: $(head -c 600 "$WORK/map.png" 2>/dev/null | tr -d '\0')$(head -c 200 "$WORK/curl.err")"
+    [ "$code" = 200 ] && drawn "$WORK/map.png" "$SMOKE_MIN_COVERAGE"
+  }
+  if [ "$SMOKE_REQUIRE_WMS" = 1 ]; then
+    wait_for "GetMap of $layer drawn (at least $SMOKE_MIN_COVERAGE of the pixels)" map_ok
+    log "GetMap: $(wc -c <"$WORK/map.png") bytes of PNG, $(tail -1 "$WORK/drawn.txt")"
+  elif map_ok; then
+    log "GetMap: $(wc -c <"$WORK/map.png") bytes of PNG, $(tail -1 "$WORK/drawn.txt")"
   else
-    log "GetMap not reachable (HTTP $code): skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
+    log "GetMap not reachable or blank ($LAST): skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
   fi
+  keep_image "$WORK/map.png"
 fi
 
 # ----------------------------------------------------------------------------------- tile cache
@@ -254,7 +278,7 @@ if [ "$SMOKE_TILES" = 1 ] && [ -n "$url" ]; then
     tile_ok() {
       local code; code=$(curl -sS -o "$WORK/tile.png" -w '%{http_code}' --max-time 60 "$tile" 2>"$WORK/curl.err" || true)
       LAST="HTTP $code from $tile $(head -c 200 "$WORK/tile.png" 2>/dev/null | tr -d '\\0')$(head -c 200 "$WORK/curl.err")"
-      [ "$code" = 200 ] && [ "$(head -c 4 "$WORK/tile.png" | od -An -c | tr -d ' \n')" = '211PNG' ]
+      [ "$code" = 200 ] && drawn "$WORK/tile.png" 0.01
     }
     if [ "$SMOKE_REQUIRE_WMS" = 1 ]; then
       wait_for "tile at $tile" tile_ok
@@ -262,6 +286,7 @@ if [ "$SMOKE_TILES" = 1 ] && [ -n "$url" ]; then
       for _ in $(seq 10); do tile_ok && break; sleep 2; done
       tile_ok || log "tile not reachable ($LAST): skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
     fi
+    keep_image "$WORK/tile.png"
 
     step "POST /datasets/$NAME/cache/seed (zoom 0-1) and the seeding job succeeds"
     code=$(api POST "/datasets/$NAME/cache/seed" -H 'Content-Type: application/json' -d '{"maxZoom": 1}')

@@ -14,7 +14,7 @@ from tests.helpers import wait_until
 from tests.pixels import drawn
 
 
-def test_smoke_walk_through_the_facade_service(examples):
+def test_smoke_walk_through_the_facade_service(examples, tmp_path):
     """health, login, refused without a token, dataset, Ready, cog-convert job, WMS GetMap, a tile
     and a seeding job (hack/smoke.sh, the same walk `make smoke` runs against any install)."""
     env = {
@@ -26,6 +26,7 @@ def test_smoke_walk_through_the_facade_service(examples):
         "SMOKE_WMS_BASE": examples.service_url("ocean").rstrip("/"),
         "SMOKE_TILES_BASE": examples.service_url("ocean-tiles").rstrip("/"),
         "PYTHON": str(REPO / ".venv" / "bin" / "python"),
+        "SMOKE_OUT": str(tmp_path),
     }
     r = subprocess.run(
         ["bash", str(REPO / "hack" / "smoke.sh")], env=env, capture_output=True, text=True, timeout=900
@@ -33,6 +34,9 @@ def test_smoke_walk_through_the_facade_service(examples):
     assert r.returncode == 0, f"smoke walk failed:\n{r.stderr[-6000:]}"
     assert "SMOKE PASSED" in r.stderr
     assert "without a token" in r.stderr or "401" in r.stderr, r.stderr[-3000:]
+    # the walk's map and tile, pixel by pixel: the sample raster covers the world
+    drawn((tmp_path / "map.png").read_bytes(), 0.9)
+    drawn((tmp_path / "tile.png").read_bytes(), 0.5)
 
 
 def test_no_token_no_datasets(examples):

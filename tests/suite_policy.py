@@ -51,7 +51,7 @@ class SuitePolicy:
                 if item.get_closest_marker(m):
                     self.by_marker[m] += 1
         opts = self.config.option
-        tests = Path(__file__).resolve().parent
+        tests = Path(self.config.rootpath) / "tests"
         whole = (
             not opts.markexpr
             and not opts.keyword

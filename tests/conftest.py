@@ -7,6 +7,7 @@ KMS_TEST_KUBECONFIG points at an existing cluster (e.g. kind in GitHub Actions).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -324,16 +325,26 @@ class FacadeProcess:
         return password
 
     def start(self, wait_ready: bool = True) -> None:
-        self.port = cluster_mod.free_port()
+        """Start on port 0 (no port picked and released first) and read the bound port from
+        uvicorn's "running on" log line."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
         self.proc = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "python"), "-m", "kms_api", "--port", str(self.port)],
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "kms_api", "--port", "0"],
             env=self.env(),
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
+        self.port = wait_until(lambda: self._bound_port(offset), "facade listening (uvicorn's log)", 60)
         wait_until(self.ready if wait_ready else self.answers, "facade /health", timeout=60)
+
+    def _bound_port(self, offset: int) -> int | None:
+        assert self.proc and self.proc.poll() is None, f"facade exited; log:\n{self.log_tail()}"
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            m = re.search(rb"Uvicorn running on https?://[^\s:]+:(\d+)", f.read())
+        return int(m.group(1)) if m else None
 
     def answers(self) -> bool:
         import httpx

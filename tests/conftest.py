@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,18 @@ class Cluster:
     def kubectl(self) -> list[str]:
         binary = cluster_mod.binaries()["kubectl"] if self.local else "kubectl"
         return [str(binary), f"--kubeconfig={self.kubeconfig}"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """SIGTERM and SIGHUP (a CI timeout, a closed terminal) and SIGINT (even where a background
+    shell ignores it) stop the run like Ctrl-C: fixtures tear down, so the session's plane and node
+    are stopped, not left holding the machine's bridge."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, interrupt)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

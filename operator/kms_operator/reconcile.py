@@ -40,7 +40,15 @@ from .settings import Settings
 
 log = logging.getLogger("kms_operator")
 Key = tuple[str, str]  # (namespace, name)
-RENDER_STATUS_FIELDS = ("extent", "wgs84Bbox", "geometryType", "bandCount", "valueRange", "layerName")
+RENDER_STATUS_FIELDS = (
+    "extent",
+    "wgs84Bbox",
+    "geometryType",
+    "bandCount",
+    "valueRange",
+    "layerName",
+    "sourceLayer",
+)
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
 # GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
 GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
@@ -414,6 +422,7 @@ class Operator:
                     extent=result.extent,
                     wgs84_bbox=result.wgs84_bbox,
                     geometry_type=result.geometry_type,
+                    source_layer=result.source_layer,
                     band_count=result.band_count,
                     value_range=result.value_range,
                     size=result.size,

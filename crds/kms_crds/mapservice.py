@@ -276,7 +276,8 @@ class NetworkAccess(KModel):
         None,
         max_length=32,
         description="Who may connect to the MapServer and tile-cache ports (unset: anyone; e.g. only "
-        "the ingress controller's namespace). The tile cache may always connect to MapServer.",
+        "the ingress controller's namespace). The facade (thumbnails) may always connect, and the tile "
+        "cache to MapServer.",
     )
 
 

@@ -202,6 +202,7 @@ def build_deployment(
         "env": env[:2],
         "volumeMounts": [m for m in mounts if m["name"] in ("config", "mapfile", "tmp", "data")],
         "securityContext": CONTAINER_SECURITY,
+        "resources": container["resources"],  # it loads the same mapfile through the same MapServer
     }
     deployment_spec: dict = {
         "selector": {"matchLabels": selector(owner.name)},

@@ -1,8 +1,8 @@
 """NetworkPolicies of the pods the operator creates (pure; golden-tested).
 
 - MapServer pods: connections in on their port only (from `spec.networkPolicy.allowFrom`, default
-  anyone, and always from the service's tile cache); out: nothing, except DNS and HTTP(S) when a
-  dataset of the mapfile reads a URL source (GDAL's /vsicurl/).
+  anyone, and always from the service's tile cache and the facade); out: nothing, except DNS and
+  HTTP(S) when a dataset of the mapfile reads a URL source (GDAL's /vsicurl/).
 - Tile-cache pods: in on their port only (same peers); out: DNS and this service's MapServer pods.
 - Job pods: nothing in; out: nothing, except DNS and the MapServer pods of the service a
   cache-seed job renders from.
@@ -18,6 +18,16 @@ from kms_crds.mapservice import MapServiceSpec
 from .labels import owner_reference, selector
 
 PORT = 8080
+# the facade's pods (any namespace): its thumbnails and previews call MapServer and the tile cache
+FACADE = {
+    "namespaceSelector": {},
+    "podSelector": {
+        "matchLabels": {
+            "app.kubernetes.io/component": "facade",
+            "app.kubernetes.io/part-of": "kube-mapserver",
+        }
+    },
+}
 DNS = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
 WEB = [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}]
 
@@ -37,11 +47,12 @@ def _policy(meta: dict, pods: dict[str, str], ingress: list[dict], egress: list[
 
 
 def _port_rule(spec: MapServiceSpec, also: list[dict] | None = None) -> dict:
-    """In on the http port from spec.networkPolicy.allowFrom (unset: from anywhere)."""
+    """In on the http port from spec.networkPolicy.allowFrom (unset: from anywhere), and always from
+    the facade and the `also` peers."""
     rule: dict = {"ports": [{"protocol": "TCP", "port": PORT}]}
     peers = spec.network_policy.allow_from
     if peers is not None:
-        rule["from"] = [p.wire() for p in peers] + (also or [])
+        rule["from"] = [p.wire() for p in peers] + [FACADE] + (also or [])
     return rule
 
 

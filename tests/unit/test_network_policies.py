@@ -8,7 +8,7 @@ from kms_crds.mapjob import DEFAULT_JOB_RESOURCES, MapJobSpec
 from kms_crds.mapservice import DEFAULT_MAPSERVER_RESOURCES, DEFAULT_TILES_RESOURCES, MapServiceSpec
 from kms_operator import builders, tilecache
 from kms_operator.mapjob_builder import build_job, job_labels
-from kms_operator.network_policies import DNS, WEB, build_job_policy
+from kms_operator.network_policies import DNS, FACADE, WEB, build_job_policy
 
 OWNER = builders.Owner("ocean", "maps", "0000-uid")
 TILES = {"tileCache": {"storage": {"persistentVolumeClaim": "tiles"}}}
@@ -52,10 +52,11 @@ def test_allow_from_restricts_callers_and_always_admits_the_tile_cache():
     peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
     children = _children(networkPolicy={"allowFrom": peers}, **TILES)
     [rule] = children["NetworkPolicy"]["spec"]["ingress"]
-    assert rule["from"] == [*peers, {"podSelector": {"matchLabels": tilecache.tiles_selector("ocean")}}]
+    tiles = {"podSelector": {"matchLabels": tilecache.tiles_selector("ocean")}}
+    assert rule["from"] == [*peers, FACADE, tiles]
     spec = MapServiceSpec.model_validate({"networkPolicy": {"allowFrom": peers}, **TILES})
     [tiles_rule] = tilecache.build_tiles_network_policy(OWNER, spec)["spec"]["ingress"]
-    assert tiles_rule["from"] == peers
+    assert tiles_rule["from"] == [*peers, FACADE]
 
 
 def test_tile_cache_pods_reach_only_their_mapserver():
@@ -107,8 +108,11 @@ def test_job_pods_get_no_connection_in_and_only_what_their_type_needs_out():
 
 def test_default_resources_apply_when_the_spec_names_none():
     deployment = _children()["deployment"]
-    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"] == (
-        DEFAULT_MAPSERVER_RESOURCES.wire()
+    pod = deployment["spec"]["template"]["spec"]
+    assert (
+        pod["containers"][0]["resources"]
+        == pod["initContainers"][0]["resources"]
+        == (DEFAULT_MAPSERVER_RESOURCES.wire())
     )
     assert builders.process_count(MapServiceSpec()) == 4  # as before the default CPU limit of 2
     own = {"requests": {"cpu": "1"}, "limits": {"memory": "4Gi"}}

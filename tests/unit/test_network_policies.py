@@ -123,3 +123,15 @@ def test_default_resources_apply_when_the_spec_names_none():
     assert tiles["spec"]["template"]["spec"]["containers"][0]["resources"] == DEFAULT_TILES_RESOURCES.wire()
     job, _ = _job("rehash", {"rehash": {"datasets": ["a"]}})
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == DEFAULT_JOB_RESOURCES.wire()
+
+
+def test_every_child_kind_is_known_to_the_api_client_and_watched():
+    """The operator's API client maps each kind it applies to its resource (a missing one fails
+    every reconcile), and drift in each is watched (a deleted child is restored)."""
+    from kms_operator import handlers
+    from kms_operator.kube import PLURALS
+
+    kinds = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"), *builders.OPTIONAL_KINDS]
+    assert all(k in PLURALS for k in kinds), [k for k in kinds if k not in PLURALS]
+    watched = {PLURALS[k] for k in kinds}
+    assert watched <= {r[-1] for r in handlers.CHILD_RESOURCES}

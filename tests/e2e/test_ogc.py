@@ -140,7 +140,8 @@ GML32 = "{http://www.opengis.net/gml/3.2}"
 @pytest.mark.parametrize("version", ["2.0.0", "1.1.0"])
 def test_wfs_features_have_stable_ids_and_the_answer_validates(base, version):
     wfs = WebFeatureService(base, version=version, timeout=60)
-    assert "ms:kms_zones-sample" in wfs.contents, list(wfs.contents)
+    # (OWSLib names 2.0.0 types with their prefix, 1.1.0 types without)
+    assert "kms_zones-sample" in {t.split(":")[-1] for t in wfs.contents}, list(wfs.contents)
     for typename in wfs.contents:
         bodies = [wfs.getfeature(typename=[typename]).read() for _ in range(2)]
         assert b"will not validate" not in bodies[0], bodies[0][:600]

@@ -73,6 +73,25 @@ class LabelSelector(KModel):
         return True
 
 
+class IPBlock(KModel):
+    """An address range (as in a NetworkPolicy peer)."""
+
+    cidr: str = Field(max_length=64, description="A CIDR, e.g. 10.0.0.0/8.")
+    except_: list[str] | None = Field(
+        None, alias="except", max_length=32, description="CIDRs inside `cidr` to leave out."
+    )
+
+
+class NetworkPeer(KModel):
+    """Who may connect (a NetworkPolicy peer): pods by label, namespaces by label, or addresses."""
+
+    pod_selector: LabelSelector | None = Field(None, description="Pods (in namespaceSelector's namespaces).")
+    namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces (every namespace: an empty selector {})."
+    )
+    ip_block: IPBlock | None = Field(None, description="Addresses.")
+
+
 class Condition(KModel):
     """A status condition in the Kubernetes shape."""
 

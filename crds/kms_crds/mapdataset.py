@@ -58,6 +58,13 @@ class Source(KModel):
         max_length=256,
         pattern=SAFE_TEXT,
     )
+    feature_id: str | None = Field(
+        None,
+        description="Vector: an attribute whose values are unique per feature, used as the WFS feature "
+        "id (gml:id). Default: the feature's index in the source (OGR's FID), stable while the file is.",
+        max_length=63,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+    )
 
 
 class ValueRange(KModel):
@@ -232,6 +239,9 @@ class MapDatasetStatus(KModel):
     checksum: str | None = Field(None, description="sha256 of the source file, when known (MapJob rehash).")
     served_by: list[str] | None = Field(None, description="MapServices that serve this dataset.")
     layer_name: str | None = Field(None, description="OGC layer name of the dataset.")
+    source_layer: str | None = Field(
+        None, description="Vector: the source layer served (source.layer or the first)."
+    )
     url: str | None = Field(None, description="OGC endpoint (WMS) of the first service that serves it.")
     tile_cache: DatasetTileCache | None = Field(
         None, description="The tile cache of the first serving service that has one."

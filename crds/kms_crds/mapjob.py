@@ -10,9 +10,13 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, Field, model_validator
 
 from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta, Resources
-from .mapservice import SeedPolicy
+from .mapservice import SeedPolicy, _resources_text
 
 DEFAULT_JOB_IMAGE = "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
+# Requests/limits of job containers whose spec names none (GDAL's block cache is 256 MiB).
+DEFAULT_JOB_RESOURCES = Resources(
+    requests={"cpu": "100m", "memory": "128Mi"}, limits={"cpu": "2", "memory": "2Gi"}
+)
 
 
 def _no_dotdot(path: str) -> str:
@@ -199,6 +203,16 @@ PARAM_FIELDS: dict[str, str] = {
 }
 
 
+class JobNetworkAccess(KModel):
+    """The NetworkPolicy the operator creates with the job's pod (where the cluster's network plugin
+    enforces NetworkPolicy): no connection to the pod, and none from it except what its type needs
+    (cache-seed: DNS and the MapService's MapServer pods; the others work on files only)."""
+
+    enabled: bool = Field(
+        True, description="Create the policy (the operator's KMS_NETWORK_POLICIES can turn it off)."
+    )
+
+
 class MapJobSpec(KModel):
     """What to run: the type and its parameters, and how to run it."""
 
@@ -219,7 +233,14 @@ class MapJobSpec(KModel):
     )
     backoff_limit: int = Field(2, ge=0, le=20, description="Retries before the job is Failed.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Hard time limit of the job.")
-    resources: Resources | None = Field(None, description="Requests/limits of the job container.")
+    resources: Resources | None = Field(
+        None,
+        description="Requests/limits of the job container (default: "
+        f"{_resources_text(DEFAULT_JOB_RESOURCES)}).",
+    )
+    network_policy: JobNetworkAccess = Field(
+        default_factory=lambda: JobNetworkAccess(), description="The NetworkPolicy of the job's pod."
+    )
     image: str | None = Field(
         None,
         max_length=512,

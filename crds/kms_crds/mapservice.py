@@ -12,6 +12,7 @@ from .common import (
     Condition,
     KModel,
     LabelSelector,
+    NetworkPeer,
     PrinterColumn,
     Resource,
     ResourceMeta,
@@ -25,6 +26,22 @@ DEFAULT_IMAGE = "ghcr.io/kube-mapserver/mapserver:0.1.0"
 UPSTREAM_IMAGE = "camptocamp/mapserver:8.4"
 # Our tile cache image: Apache + Debian's mod_mapcache (MapCache 1.14), uid 10001, port 8080.
 DEFAULT_TILES_IMAGE = "ghcr.io/kube-mapserver/mapcache:0.1.0"
+# Requests/limits of containers whose spec names none. The CPU limit of 2 gives MapServer its
+# default of 4 FastCGI processes (two per CPU); the requests are small so that many services fit
+# on a node, the limits keep one service from starving the others.
+DEFAULT_MAPSERVER_RESOURCES = Resources(
+    requests={"cpu": "50m", "memory": "64Mi"}, limits={"cpu": "2", "memory": "1Gi"}
+)
+DEFAULT_TILES_RESOURCES = Resources(
+    requests={"cpu": "25m", "memory": "32Mi"}, limits={"cpu": "1", "memory": "512Mi"}
+)
+
+
+def _resources_text(r: Resources) -> str:
+    def pairs(d: dict | None) -> str:
+        return ", ".join(f"{k} {v}" for k, v in (d or {}).items())
+
+    return f"requests {pairs(r.requests)}; limits {pairs(r.limits)}"
 
 
 class DataVolume(KModel):
@@ -239,7 +256,29 @@ class TileCache(KModel):
         description="Tile cache image: Apache with mod_mapcache, started as `kms-mapcache-httpd CONFIG` "
         "(default: the operator's KMS_TILES_IMAGE, the chart's own MapCache image).",
     )
-    resources: Resources | None = Field(None, description="Requests/limits of the tile cache container.")
+    resources: Resources | None = Field(
+        None,
+        description="Requests/limits of the tile cache container (default: "
+        f"{_resources_text(DEFAULT_TILES_RESOURCES)}).",
+    )
+
+
+class NetworkAccess(KModel):
+    """The NetworkPolicies the operator creates for the service's pods (where the cluster's network
+    plugin enforces NetworkPolicy): MapServer and tile-cache pods accept connections on their port
+    only, MapServer pods connect nowhere (DNS and HTTP(S) only when a dataset reads a URL source),
+    and tile-cache pods connect only to this service's MapServer pods."""
+
+    enabled: bool = Field(
+        True, description="Create the policies (the operator's KMS_NETWORK_POLICIES can turn them off)."
+    )
+    allow_from: list[NetworkPeer] | None = Field(
+        None,
+        max_length=32,
+        description="Who may connect to the MapServer and tile-cache ports (unset: anyone; e.g. only "
+        "the ingress controller's namespace). The facade (thumbnails) may always connect, and the tile "
+        "cache to MapServer.",
+    )
 
 
 class MapServiceSpec(KModel):
@@ -263,7 +302,12 @@ class MapServiceSpec(KModel):
         "IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$", description="Pull policy of the image."
     )
     replicas: int = Field(1, ge=0, le=1000, description="Replicas (ignored when autoscaling is set).")
-    resources: Resources | None = Field(None, description="Requests/limits of the MapServer container.")
+    resources: Resources | None = Field(
+        None,
+        description="Requests/limits of the MapServer container (default: "
+        f"{_resources_text(DEFAULT_MAPSERVER_RESOURCES)}). A CPU limit sets the FastCGI process "
+        "count (two per CPU) unless mapserver.processes does.",
+    )
     data: DataVolume | None = Field(None, description="Volume with the datasets' files (read-only at /data).")
     ingress: Ingress | None = Field(None, description="Optional Ingress.")
     autoscaling: Autoscaling | None = Field(None, description="Optional HorizontalPodAutoscaler.")
@@ -275,6 +319,9 @@ class MapServiceSpec(KModel):
     )
     tile_cache: TileCache | None = Field(
         None, description="Optional MapCache tile cache in front of MapServer."
+    )
+    network_policy: NetworkAccess = Field(
+        default_factory=NetworkAccess, description="NetworkPolicies of the service's pods."
     )
 
 

@@ -7,9 +7,10 @@ import gzip
 import math
 import re
 
-from kms_crds.mapservice import DEFAULT_IMAGE, MapServiceSpec
+from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
-from .labels import HASH_ANNOTATION, labels, owner_reference, selector
+from .labels import HASH_ANNOTATION, labels, owner_reference, selector, tiles_selector
+from .network_policies import build_mapserver_policy
 
 PORT = 8080
 CONFIG_DIR = "/etc/mapserver"
@@ -192,8 +193,7 @@ def build_deployment(
         "livenessProbe": _probe(spec.probes.liveness, {"tcpSocket": {"port": "http"}}),
         "securityContext": CONTAINER_SECURITY,
     }
-    if spec.resources:
-        container["resources"] = spec.resources.wire()
+    container["resources"] = (spec.resources or DEFAULT_MAPSERVER_RESOURCES).wire()
     init = {
         "name": "check-mapfile",
         "image": image,
@@ -202,6 +202,7 @@ def build_deployment(
         "env": env[:2],
         "volumeMounts": [m for m in mounts if m["name"] in ("config", "mapfile", "tmp", "data")],
         "securityContext": CONTAINER_SECURITY,
+        "resources": container["resources"],  # it loads the same mapfile through the same MapServer
     }
     deployment_spec: dict = {
         "selector": {"matchLabels": selector(owner.name)},
@@ -324,10 +325,12 @@ def build_pdb(owner: Owner, spec: MapServiceSpec) -> dict | None:
     }
 
 
+# children that exist or not depending on the spec (deleted when it no longer asks for them)
 OPTIONAL_KINDS = (
-    ("networking.k8s.io/v1", "Ingress", build_ingress),
-    ("autoscaling/v2", "HorizontalPodAutoscaler", build_hpa),
-    ("policy/v1", "PodDisruptionBudget", build_pdb),
+    ("networking.k8s.io/v1", "Ingress"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 
 
@@ -354,14 +357,20 @@ def build_children(
     config: str,
     mapfile_hash: str,
     default_image: str = DEFAULT_IMAGE,
+    network_policies: bool = True,
 ) -> dict:
-    """All desired children: {'configmap', 'deployment', 'service', and optional kinds -> manifest|None}."""
+    """All desired children: {'configmap', 'deployment', 'service', and OPTIONAL_KINDS' kinds ->
+    manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES."""
     cm = build_configmap(owner, mapfile, config, mapfile_hash)
-    children = {
+    policy = build_mapserver_policy(
+        owner.meta(owner.name, "network-policy"), owner.name, spec, tiles_selector(owner.name), mapfile
+    )
+    return {
         "configmap": cm,
         "deployment": build_deployment(owner, spec, cm["metadata"]["name"], mapfile_hash, default_image),
         "service": build_service(owner),
+        "Ingress": build_ingress(owner, spec),
+        "HorizontalPodAutoscaler": build_hpa(owner, spec),
+        "PodDisruptionBudget": build_pdb(owner, spec),
+        "NetworkPolicy": policy if network_policies else None,
     }
-    for _, kind, build in OPTIONAL_KINDS:
-        children[kind] = build(owner, spec)
-    return children

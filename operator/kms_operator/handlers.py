@@ -235,14 +235,17 @@ def _child_event(namespace: str, labels: dict, datasets: kopf.Index, services: k
         op(datasets, services).service_queue.request((namespace, owner))
 
 
-for _resource in (
+# the MapService children whose changes (drift, deletion, rollout status) bring their service back
+CHILD_RESOURCES = (
     ("v1", "configmaps"),
     ("v1", "services"),
     ("apps", "v1", "deployments"),
     ("networking.k8s.io", "v1", "ingresses"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
-):
+)
+for _resource in CHILD_RESOURCES:
 
     @kopf.on.event(*_resource, labels=MANAGED, id=f"child-{_resource[-1]}")
     async def child_event(

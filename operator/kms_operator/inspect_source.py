@@ -28,6 +28,7 @@ class Inspection:
     wgs84_bbox: list[float] | None = None
     size: int | None = None
     geometry_type: str | None = None
+    source_layer: str | None = None
     band_count: int | None = None
     value_range: ValueRange | None = None
     warnings: list[str] = field(default_factory=list)
@@ -161,6 +162,7 @@ def _vector(gdal_path: str, spec: MapDatasetSpec) -> Inspection:
         extent=Extent(bbox=bbox, crs=_crs_code(srs.ExportToWkt() if srs else "", spec.projection)),
         wgs84_bbox=_wgs84(bbox, wkt),
         geometry_type=_GEOMS.get(ogr.GT_Flatten(layer.GetGeomType()), "POLYGON"),
+        source_layer=layer.GetName(),
     )
 
 

@@ -30,6 +30,7 @@ PLURALS = {
     ("batch/v1", "Job"): "jobs",
     ("v1", "Pod"): "pods",
     ("networking.k8s.io/v1", "Ingress"): "ingresses",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     (f"{GROUP}/{VERSION}", "MapDataset"): "mapdatasets",

@@ -27,6 +27,11 @@ def selector(service: str) -> dict[str, str]:
     return {k: v for k, v in labels(service, "mapserver").items() if k in SELECTOR_LABELS}
 
 
+def tiles_selector(service: str) -> dict[str, str]:
+    """Pod selector of a MapService's tile cache Deployment."""
+    return {"app.kubernetes.io/name": "mapcache", "app.kubernetes.io/instance": service}
+
+
 def owner_reference(kind: str, name: str, uid: str) -> dict:
     return {
         "apiVersion": API_VERSION,

@@ -221,13 +221,29 @@ def _raster(w: _Writer, ds: DatasetInput, style: Style, data_root: str) -> None:
         w.line("PROCESSING", quote(f"SCALE={_num(lo)},{_num(hi)}"))
 
 
+FID_ITEM = "kms_fid"  # the OGR FID as an attribute: the WFS feature id of vectors without source.featureId
+
+
+def _feature_id(ds: DatasetInput) -> str | None:
+    """The attribute that gives WFS features their id: source.featureId, else the OGR FID (when the
+    source layer is known: named in the spec or found by the inspection)."""
+    if ds.spec.source.feature_id:
+        return ds.spec.source.feature_id
+    return FID_ITEM if ds.spec.source.layer or ds.status.source_layer else None
+
+
 def _vector(w: _Writer, ds: DatasetInput, style: Style, data_root: str) -> None:
     geometry = (ds.status.geometry_type or "").upper()
     kind = "POINT" if "POINT" in geometry else "LINE" if "LINE" in geometry else "POLYGON"
     w.line("TYPE", kind)
     w.line("CONNECTIONTYPE OGR")
     w.line("CONNECTION", quote(_source(ds.spec, data_root)))
-    if ds.spec.source.layer:
+    source_layer = ds.spec.source.layer or ds.status.source_layer
+    if _feature_id(ds) == FID_ITEM and source_layer:
+        # WFS features need an id: the OGR FID as an attribute (OGR SQL), left out of the answers
+        sql_name = source_layer.replace('"', '""')
+        w.line("DATA", quote(f'SELECT FID AS {FID_ITEM}, * FROM "{sql_name}"'))
+    elif ds.spec.source.layer:
         w.line("DATA", quote(ds.spec.source.layer))
     outline = _rgb(style.outline_color, DEFAULT_OUTLINE)
 
@@ -279,6 +295,11 @@ def _layer(w: _Writer, ds: DatasetInput, data_root: str) -> None:
         meta += [("gml_include_items", "all"), ("wms_include_items", "all")]
         if not raster:
             meta.append(("wfs_title", spec.title))
+            feature_id = _feature_id(ds)
+            if feature_id:
+                meta.append(("gml_featureid", feature_id))
+            if feature_id == FID_ITEM:
+                meta += [("gml_exclude_items", FID_ITEM), ("wms_exclude_items", FID_ITEM)]
         extent = status.extent
         if extent and _finite(extent.bbox) and len(extent.bbox) == 4 and epsg(extent.crs) == native:
             # metadata, not a LAYER EXTENT: capabilities need no file access, and GetMap skips the
@@ -311,11 +332,13 @@ def _map_extent(spec: MapServiceSpec, bboxes: Iterable[list[float] | None]) -> t
     boxes = [b for b in bboxes if b and _finite(b)]
     if not boxes:
         return DEFAULT_EXTENT
+    # the union of the layers' boxes, kept within the globe (the root layer's geographic bounding
+    # box in capabilities: a reprojected corner a hair beyond ±180/±90 would make it invalid)
     return (
-        min(b[0] for b in boxes),
-        min(b[1] for b in boxes),
-        max(b[2] for b in boxes),
-        max(b[3] for b in boxes),
+        max(-180.0, min(b[0] for b in boxes)),
+        max(-90.0, min(b[1] for b in boxes)),
+        min(180.0, max(b[2] for b in boxes)),
+        min(90.0, max(b[3] for b in boxes)),
     )
 
 

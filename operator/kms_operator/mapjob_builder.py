@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from kms_crds.mapjob import DEFAULT_JOB_IMAGE, MapJobSpec
+from kms_crds.mapjob import DEFAULT_JOB_IMAGE, DEFAULT_JOB_RESOURCES, MapJobSpec
 
 from .labels import MANAGED_BY, owner_reference
 
@@ -87,8 +87,7 @@ def build_job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    if spec.resources:
-        container["resources"] = spec.resources.wire()
+    container["resources"] = (spec.resources or DEFAULT_JOB_RESOURCES).wire()
     job_spec: dict = {
         "backoffLimit": spec.backoff_limit,
         "template": {

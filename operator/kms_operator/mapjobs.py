@@ -18,8 +18,9 @@ from .cache_jobs import CacheJobError, resolve_cache_job
 from .conditions import condition, merge_conditions, status_changed
 from .job_progress import describe, read_progress
 from .kube import now_rfc3339
-from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_name
+from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_labels, job_name
 from .metrics import JOB_PHASES
+from .network_policies import build_job_policy
 
 log = logging.getLogger("kms_operator.jobs")
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
@@ -193,6 +194,9 @@ class MapJobs:
                     body, old, {"phase": "Failed", "message": str(e), "completionTime": now_rfc3339()}, gen
                 )
                 return
+            policy = build_job_policy(name, ns, meta["uid"], job_labels(name, spec.type), spec)
+            if policy is not None and op.settings.network_policies:
+                await op.call(op.kube.apply, policy)  # before the Job: its pod never runs unconfined
             await op.call(op.kube.apply, job_body)
             await self._write(
                 body, old, {"phase": "Queued", "jobName": jname, "message": "Job created", "attempts": 0}, gen

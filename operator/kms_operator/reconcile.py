@@ -40,7 +40,15 @@ from .settings import Settings
 
 log = logging.getLogger("kms_operator")
 Key = tuple[str, str]  # (namespace, name)
-RENDER_STATUS_FIELDS = ("extent", "wgs84Bbox", "geometryType", "bandCount", "valueRange", "layerName")
+RENDER_STATUS_FIELDS = (
+    "extent",
+    "wgs84Bbox",
+    "geometryType",
+    "bandCount",
+    "valueRange",
+    "layerName",
+    "sourceLayer",
+)
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
 # GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
 GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
@@ -414,6 +422,7 @@ class Operator:
                     extent=result.extent,
                     wgs84_bbox=result.wgs84_bbox,
                     geometry_type=result.geometry_type,
+                    source_layer=result.source_layer,
                     band_count=result.band_count,
                     value_range=result.value_range,
                     size=result.size,
@@ -698,7 +707,13 @@ class Operator:
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
         digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
         children = builders.build_children(
-            owner, spec, mapfile, config, digest, self.settings.mapserver_image
+            owner,
+            spec,
+            mapfile,
+            config,
+            digest,
+            self.settings.mapserver_image,
+            self.settings.network_policies,
         )
         cost = time.thread_time() - t0
 
@@ -719,7 +734,7 @@ class Operator:
                 self.kube.event, ref, "Normal", "DeploymentUpdated", "MapServer deployment updated"
             )
         await self.call(self.kube.apply, children["service"])
-        for api_version, kind, _ in builders.OPTIONAL_KINDS:
+        for api_version, kind in builders.OPTIONAL_KINDS:
             desired = children[kind]
             if desired is not None:
                 await self.call(self.kube.apply, desired)
@@ -824,6 +839,7 @@ class Operator:
             if live is not None:
                 await self.call(self.kube.delete, "apps/v1", "Deployment", ns, tname)
                 await self.call(self.kube.delete, "v1", "Service", ns, tname)
+                await self.call(self.kube.delete, "networking.k8s.io/v1", "NetworkPolicy", ns, tname)
                 await self.call(self.kube.event, ref, "Normal", "Removed", "tile cache removed (not in spec)")
             await self._prune_configmaps(ns, name, keep="", component="tilecache-config")
             return None
@@ -872,6 +888,13 @@ class Operator:
                 live,
             )
             await self.call(self.kube.apply, tilecache.build_tiles_service(owner))
+            policy = (
+                tilecache.build_tiles_network_policy(owner, spec) if self.settings.network_policies else None
+            )
+            if policy is not None:
+                await self.call(self.kube.apply, policy)
+            elif await self.call(self.kube.get, "networking.k8s.io/v1", "NetworkPolicy", ns, tname):
+                await self.call(self.kube.delete, "networking.k8s.io/v1", "NetworkPolicy", ns, tname)
             if live_cm != cm_name:
                 await self.call(
                     self.kube.event,
@@ -1012,8 +1035,11 @@ class Operator:
             selector = (
                 f"app.kubernetes.io/instance={name},app.kubernetes.io/managed-by=kube-mapserver-operator"
             )
-            kinds = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service")] + [
-                (a, k) for a, k, _ in builders.OPTIONAL_KINDS
+            kinds = [
+                ("v1", "ConfigMap"),
+                ("apps/v1", "Deployment"),
+                ("v1", "Service"),
+                *builders.OPTIONAL_KINDS,
             ]
             for api_version, kind in kinds:
                 for child in await self.call(self.kube.list, api_version, kind, ns, selector):

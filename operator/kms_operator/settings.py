@@ -53,4 +53,10 @@ class Settings:
     connection_limit: int = field(default_factory=lambda: int(os.environ.get("KMS_CONNECTION_LIMIT", "96")))
     # Lease that keeps a second operator on standby (0 disables it, e.g. one operator per namespace)
     lease_seconds: int = field(default_factory=lambda: int(os.environ.get("KMS_LEASE_SECONDS", "15")))
+    # NetworkPolicies for MapServer, tile-cache and job pods (spec.networkPolicy turns one off)
+    network_policies: bool = field(
+        default_factory=lambda: (
+            os.environ.get("KMS_NETWORK_POLICIES", "true").lower() not in ("0", "false", "no")
+        )
+    )
     metrics_port: int = field(default_factory=lambda: int(os.environ.get("KMS_METRICS_PORT", "9090")))

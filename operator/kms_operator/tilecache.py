@@ -19,10 +19,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kms_crds.mapservice import DEFAULT_TILES_IMAGE, TileCache
+from kms_crds.mapservice import DEFAULT_TILES_IMAGE, DEFAULT_TILES_RESOURCES, MapServiceSpec, TileCache
 
 from .builders import CONTAINER_SECURITY, Owner
-from .labels import HASH_ANNOTATION
+from .labels import HASH_ANNOTATION, tiles_selector
+from .network_policies import build_tiles_policy
 
 CACHE_ROOT = "/var/cache/mapcache"
 CONFIG_DIR = "/etc/mapcache"
@@ -164,10 +165,6 @@ def _meta(owner: Owner, name: str, component: str) -> dict:
     return meta
 
 
-def tiles_selector(service: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "mapcache", "app.kubernetes.io/instance": service}
-
-
 def build_tiles_configmap(owner: Owner, xml: str, versions: Mapping[str, str], digest: str) -> dict:
     """The configuration and the dataset versions it serves; each file gzipped into binaryData
     (`<name>.gz`) when it is large."""
@@ -236,8 +233,7 @@ def build_tiles_deployment(
         },
         "securityContext": {**CONTAINER_SECURITY, "runAsUser": TILES_UID, "runAsGroup": TILES_UID},
     }
-    if tc.resources:
-        container["resources"] = tc.resources.wire()
+    container["resources"] = (tc.resources or DEFAULT_TILES_RESOURCES).wire()
     # one pod at a time on a ReadWriteOnce volume; a surge pod first elsewhere
     strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     return {
@@ -274,6 +270,12 @@ def build_tiles_deployment(
             },
         },
     }
+
+
+def build_tiles_network_policy(owner: Owner, spec: MapServiceSpec) -> dict | None:
+    """The tile-cache pods' NetworkPolicy (network_policies.py), or None when turned off."""
+    meta = _meta(owner, tiles_name(owner.name), "network-policy")
+    return build_tiles_policy(meta, owner.name, spec, tiles_selector(owner.name))
 
 
 def build_tiles_service(owner: Owner) -> dict:

@@ -4,6 +4,7 @@ Service: real MapServer pods behind Apache + mod_fcgid, every layer rendered and
 from __future__ import annotations
 
 import math
+import urllib.request
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -34,10 +35,47 @@ def test_capabilities_list_every_example_layer_with_a_valid_extent(wms):
     for name in LAYERS:
         minx, miny, maxx, maxy = wms[name].boundingBoxWGS84
         assert -180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90, (name, wms[name].boundingBoxWGS84)
-    root = wms.contents[next(iter(wms.contents))].parent
-    if root is not None and root.boundingBoxWGS84:
-        minx, miny, maxx, maxy = root.boundingBoxWGS84
-        assert -90 <= miny < maxy <= 90, f"root layer latitude out of range: {root.boundingBoxWGS84}"
+
+
+WMS_NS = {"1.3.0": "{http://www.opengis.net/wms}", "1.1.1": ""}
+
+
+def _geo_bbox(layer: ET.Element, version: str) -> tuple[float, ...]:
+    """A capabilities Layer's geographic bounding box as (west, south, east, north)."""
+    ns = WMS_NS[version]
+    if version == "1.3.0":
+        box = layer.find(f"{ns}EX_GeographicBoundingBox")
+        assert box is not None, ET.tostring(layer)[:300]
+        return tuple(
+            float(box.findtext(f"{ns}{k}"))
+            for k in ("westBoundLongitude", "southBoundLatitude", "eastBoundLongitude", "northBoundLatitude")
+        )
+    box = layer.find("LatLonBoundingBox")
+    assert box is not None, ET.tostring(layer)[:300]
+    return tuple(float(box.get(k)) for k in ("minx", "miny", "maxx", "maxy"))
+
+
+@pytest.mark.parametrize("version", ["1.3.0", "1.1.1"])
+def test_the_root_layer_bbox_is_the_union_of_its_layers(base, wms, version):
+    # a GetMap of another shape first: a server that kept map state between requests shows it here
+    _getmap(wms, sorted(LAYERS)[:1], "EPSG:4326", (-180, -90, 180, 90), size=(256, 256))
+    url = f"{base}?SERVICE=WMS&VERSION={version}&REQUEST=GetCapabilities"
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=60) as r:
+        doc = ET.fromstring(r.read())
+    ns = WMS_NS[version]
+    root = doc.find(f"{ns}Capability/{ns}Layer")
+    layers = [lay for lay in root.iter(f"{ns}Layer") if lay is not root and lay.find(f"{ns}Name") is not None]
+    assert {lay.findtext(f"{ns}Name") for lay in layers} >= LAYERS
+    boxes = [_geo_bbox(lay, version) for lay in layers]
+    union = (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+    west, south, east, north = got = _geo_bbox(root, version)
+    assert -180 <= west < east <= 180 and -90 <= south < north <= 90, got
+    assert got == pytest.approx(union, abs=1e-6), (got, union)
 
 
 def _getmap(wms: WebMapService, layers: list[str], srs: str, bbox, size=(360, 180)) -> bytes:
@@ -53,30 +91,35 @@ def _merc(lon: float, lat: float) -> tuple[float, float]:
     return r * math.radians(lon), r * math.log(math.tan(math.pi / 4 + math.radians(lat) / 2))
 
 
-@pytest.mark.parametrize("layer", sorted(LAYERS))
-def test_every_layer_renders_in_4326(wms, layer):
+def _named_layers(wms: WebMapService) -> list[str]:
+    """Every layer the capabilities name (the datasets' layers and the root, which draws them all)."""
+    return sorted(wms.contents)
+
+
+def test_every_layer_of_the_capabilities_renders_in_4326(wms):
     # OWSLib takes lon/lat (it sends 1.3.0 lat/lon itself); 360x180 pixels: x = lon + 180, y = 90 - lat
-    img = _getmap(wms, [layer], "EPSG:4326", (-180, -90, 180, 90))
-    if layer == "kms_zones-sample":
-        drawn(img, 0.005, at={(190, 30): PROTECTED, (190, 60): FISHING, (80, 90): None})
-    else:
-        drawn(img, 0.9)
+    for layer in _named_layers(wms):
+        img = _getmap(wms, [layer], "EPSG:4326", (-180, -90, 180, 90))
+        if layer == "kms_zones-sample":
+            drawn(img, 0.005, at={(190, 30): PROTECTED, (190, 60): FISHING, (80, 90): None})
+        else:  # the raster covers the world, alone or under the zones
+            drawn(img, 0.9)
 
 
-@pytest.mark.parametrize("layer", sorted(LAYERS))
-def test_every_layer_renders_in_3857(wms, layer):
+def test_every_layer_of_the_capabilities_renders_in_3857(wms):
     half = 20037508.342789244
     size = 256
-    img = _getmap(wms, [layer], "EPSG:3857", (-half, -half, half, half), size=(size, size))
 
     def px(lon, lat):
         x, y = _merc(lon, lat)
         return int((x + half) / (2 * half) * size), int((half - y) / (2 * half) * size)
 
-    if layer == "kms_zones-sample":
-        drawn(img, 0.002, at={px(10, 60): PROTECTED, px(10, 30): FISHING, px(-100, 0): None})
-    else:
-        drawn(img, 0.5)
+    for layer in _named_layers(wms):
+        img = _getmap(wms, [layer], "EPSG:3857", (-half, -half, half, half), size=(size, size))
+        if layer == "kms_zones-sample":
+            drawn(img, 0.002, at={px(10, 60): PROTECTED, px(10, 30): FISHING, px(-100, 0): None})
+        else:
+            drawn(img, 0.5)
 
 
 def test_raster_and_vector_in_one_getmap_as_the_readme_map(wms):
@@ -90,9 +133,32 @@ def test_raster_and_vector_in_one_getmap_as_the_readme_map(wms):
     assert (both[90, 80] == raster[90, 80]).all()
 
 
+GML = "{http://www.opengis.net/gml}"
+GML32 = "{http://www.opengis.net/gml/3.2}"
+
+
+@pytest.mark.parametrize("version", ["2.0.0", "1.1.0"])
+def test_wfs_features_have_stable_ids_and_the_answer_validates(base, version):
+    wfs = WebFeatureService(base, version=version, timeout=60)
+    # (OWSLib names 2.0.0 types with their prefix, 1.1.0 types without)
+    assert "kms_zones-sample" in {t.split(":")[-1] for t in wfs.contents}, list(wfs.contents)
+    for typename in wfs.contents:
+        bodies = [wfs.getfeature(typename=[typename]).read() for _ in range(2)]
+        assert b"will not validate" not in bodies[0], bodies[0][:600]
+        ids = []
+        for body in bodies:
+            gml = ET.fromstring(body)
+            tag = "{http://mapserver.gis.umn.edu/mapserver}" + typename.split(":")[-1]
+            features = [el for el in gml.iter() if el.tag == tag]
+            assert features, body[:600]
+            ids.append([f.get(f"{GML32}id") or f.get(f"{GML}id") for f in features])
+        assert all(ids[0]) and len(set(ids[0])) == len(ids[0]), ids[0]
+        assert ids[0] == ids[1]  # stable from one request to the next
+        assert b"kms_fid" not in bodies[0]  # the id attribute stays out of the answer
+
+
 def test_wfs_getfeature_returns_both_zones(base):
     wfs = WebFeatureService(base, version="2.0.0", timeout=60)
-    assert "ms:kms_zones-sample" in wfs.contents, list(wfs.contents)
     gml = ET.fromstring(wfs.getfeature(typename=["ms:kms_zones-sample"]).read())
     kinds = sorted(el.text for el in gml.iter() if el.tag.endswith("}kind"))
     assert kinds == ["fishing", "protected"], ET.tostring(gml)[:500]

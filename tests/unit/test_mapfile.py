@@ -301,13 +301,35 @@ def test_vector_layer_details() -> None:
     assert lay.type == mapscript.MS_LAYER_POLYGON
     assert lay.connectiontype == mapscript.MS_OGR
     assert lay.connection == f"{DATA_MOUNT}/land/cover.gpkg"
-    assert lay.data == "landcover"
+    # the OGR FID as an attribute gives WFS features their id, and stays out of the answers
+    assert lay.data == 'SELECT FID AS kms_fid, * FROM "landcover"'
+    assert lay.metadata.get("gml_featureid") == "kms_fid"
+    assert lay.metadata.get("gml_exclude_items") == lay.metadata.get("wms_exclude_items") == "kms_fid"
     assert lay.classitem == "kind"
     assert [lay.getClass(i).name for i in range(lay.numclasses)] == ["Forest", "Water"]
     assert lay.minscaledenom == 1000 and lay.maxscaledenom == 5000000
     assert lay.metadata.get("wfs_enable_request") == "*"
     assert lay.metadata.get("wcs_enable_request") == "!*"
     assert lay.metadata.get("gml_include_items") == "all"
+
+
+def test_feature_ids_come_from_the_named_attribute_or_the_inspected_layer() -> None:
+    ds = vector_classes()
+    source = ds.spec.source.model_copy(update={"feature_id": "code"})
+    own = DatasetInput("own", ds.spec.model_copy(update={"source": source}), ds.status)
+    lay = load(build_mapfile("maps", SERVICE, [own])).getLayer(0)
+    assert lay.data == "landcover" and lay.metadata.get("gml_featureid") == "code"
+    assert lay.metadata.get("gml_exclude_items") is None
+    # no layer in the spec: the one the inspection found; none known yet: no id (as before)
+    source = ds.spec.source.model_copy(update={"layer": None})
+    spec = ds.spec.model_copy(update={"source": source})
+    found = DatasetInput("f", spec, ds.status.model_copy(update={"source_layer": "zones"}))
+    lay = load(build_mapfile("maps", SERVICE, [found])).getLayer(0)
+    assert (
+        lay.data == 'SELECT FID AS kms_fid, * FROM "zones"' and lay.metadata.get("gml_featureid") == "kms_fid"
+    )
+    lay = load(build_mapfile("maps", SERVICE, [DatasetInput("n", spec, ds.status)])).getLayer(0)
+    assert not lay.data and lay.metadata.get("gml_featureid") is None
 
 
 def test_point_and_default_style() -> None:
@@ -321,6 +343,15 @@ def test_point_and_default_style() -> None:
     style = lay.getClass(0).getStyle(0)
     assert style.symbolname == "circle" and style.size == 8
     assert (style.color.red, style.color.green, style.color.blue) == (51, 136, 255)
+
+
+def test_the_map_extent_is_the_union_of_the_layers_within_the_globe() -> None:
+    """The root layer's geographic bounding box in capabilities is the map EXTENT (MapServer CGI
+    prints it as written): the union of the datasets' WGS84 boxes, never beyond ±180/±90."""
+    a, b = raster_ramp(), vector_classes()
+    a = DatasetInput(a.name, a.spec, a.status.model_copy(update={"wgs84_bbox": [-180.0004, -91.0, 10, 20]}))
+    b = DatasetInput(b.name, b.spec, b.status.model_copy(update={"wgs84_bbox": [5, -10, 30, 80]}))
+    assert "EXTENT -180 -90 30 80\n" in build_mapfile("maps", SERVICE, [a, b])
 
 
 def test_extent_and_projection_defaults() -> None:
@@ -433,7 +464,7 @@ def test_injection_is_escaped() -> None:
     assert ras.data == f'{DATA_MOUNT}/evil" END LAYER.tif'
     assert ras.getProcessing(0) == "NODATA=nan"
     assert ras.getProjection() == "+AUTO"  # an invalid CRS is ignored, not written
-    assert vec.data == clean(EVIL)
+    assert vec.data == 'SELECT FID AS kms_fid, * FROM "' + clean(EVIL).replace('"', '""') + '"'
     assert vec.getClass(0).name == clean(EVIL)
     # mapscript shows the parsed string between quotes without escaping it
     assert vec.getClass(0).getExpressionString() == '"say "hi" \\ END"'

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.helpers import require_tool, wait_until
+from tests.helpers import hack_module, require_tool, wait_until
 from tests.integration.test_chart import PARKED, applied, chart, docs, kubectl, render
 
 __all__ = ["applied"]  # the fixture, shared with test_chart.py
@@ -50,10 +50,20 @@ def netpols(text: str) -> list[dict]:
     return [d for d in docs(text) if d["kind"] == "NetworkPolicy"]
 
 
-@pytest.mark.parametrize("variant", [*sorted(VARIANTS), "narrowed"])
+def node_sets(cluster) -> list[str]:
+    """What hack/install.py (make dev, the e2e install) sets for this node: the real apiserver's
+    endpoint address and port, DNS on 53 and 1053."""
+    install = hack_module("install")
+    flags = install.network_policy_sets(install.Kubectl(cluster.kubeconfig))
+    sets = flags[1::2]
+    assert any(s.startswith("networkPolicy.apiServer.cidrs={") for s in sets), flags
+    return sets
+
+
+@pytest.mark.parametrize("variant", [*sorted(VARIANTS), "narrowed", "this-node"])
 def test_policies_pass_server_side_validation(cluster, namespace, variant: str):
     values = VARIANTS.get(variant, [])
-    sets = NARROWED if variant == "narrowed" else []
+    sets = {"narrowed": lambda: NARROWED, "this-node": lambda: node_sets(cluster)}.get(variant, list)()
     text = chart.template(release=namespace, namespace=namespace, values=values, set_values=sets)
     pols = netpols(text)
     assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pols} == {"operator", "facade"}

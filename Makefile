@@ -4,7 +4,7 @@ PY := .venv/bin/python
 CLUSTER_DIR ?= $(CURDIR)/.kms/cluster
 PYTEST_ARGS ?=
 
-.PHONY: help setup binaries cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e test-flaky lint crds bench node-down clean
+.PHONY: help setup checkov binaries cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e test-flaky lint crds bench node-down clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -14,6 +14,9 @@ setup: .venv/.setup-done  ## Debian packages + venv + pinned Python deps
 .venv/.setup-done: pyproject.toml hack/setup.sh $(wildcard */kms_*/__init__.py)
 	hack/setup.sh
 	@touch $@
+
+checkov:  ## the pinned checkov in its own venv (~/.cache/kube-mapserver/checkov-<version>-<hash>), for the chart scan
+	hack/checkov.sh >/dev/null
 
 binaries:  ## build the control-plane binaries once (cached under ~/.cache/kube-mapserver)
 	hack/build-binaries.sh
@@ -30,10 +33,10 @@ cluster-status:
 dev: setup binaries helm images  ## run the product: control plane + real node + the chart, all pods real (Ctrl-C stops all)
 	$(PY) hack/dev.py --dir $(CLUSTER_DIR) $(DEV_ARGS)
 
-test: setup binaries helm images  ## the whole suite: unit, e2e and integration (starts its own plane and real node)
+test: setup checkov binaries helm images  ## the whole suite: unit, e2e and integration (starts its own plane and real node)
 	hack/run-pytest.sh $(PYTEST_ARGS)
 
-test-unit: setup helm  ## pure-function tests, no cluster
+test-unit: setup checkov helm  ## pure-function tests, no cluster
 	hack/run-pytest.sh -m unit $(PYTEST_ARGS)
 
 test-integration: setup binaries helm images  ## tests against a real kube-apiserver and real pods

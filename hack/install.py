@@ -172,6 +172,24 @@ def image_sets(manifest: dict) -> list[str]:
     return [*sets, "--set", "image.pullPolicy=IfNotPresent"]
 
 
+def network_policy_sets(k: Kubectl) -> list[str]:
+    """helm --set flags narrowing the chart's NetworkPolicies to this node (the README's recipe):
+    the apiserver's own address and port (the plane picks a free port), and DNS on 1053 too (the
+    node's CoreDNS listens there, non-root, behind the Service's 53; policies see the pod port).
+    The node's bridge CNI does not enforce them, but they must be right where one does."""
+    slices = k.json("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes")
+    addrs = sorted({a for s in slices["items"] for e in s.get("endpoints") or [] for a in e["addresses"]})
+    ports = sorted({p["port"] for s in slices["items"] for p in s.get("ports") or []})
+    if not addrs or not ports:
+        return []
+    cidrs = ",".join(f"{a}/128" if ":" in a else f"{a}/32" for a in addrs)
+    return [
+        "--set", f"networkPolicy.apiServer.cidrs={{{cidrs}}}",
+        "--set", f"networkPolicy.apiServer.ports={{{','.join(map(str, ports))}}}",
+        "--set", "networkPolicy.dns.ports={53,1053}",
+    ]  # fmt: skip
+
+
 def install(
     kubeconfig: Path,
     manifest: dict,
@@ -200,6 +218,7 @@ def install(
         "--namespace", namespace,
         "-f", str(chart.CHART / "values-local.yaml"),
         *image_sets(manifest),
+        *network_policy_sets(k),
         # the examples bring the data claim (examples/data-volume.yaml); the chart only names it
         "--set", "data.create=false",
         "--set", "data.persistentVolumeClaim=map-data",

@@ -52,6 +52,7 @@ NAMESPACED_KINDS = [
     ("rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "rolebindings"),
     ("networking.k8s.io/v1", "ingresses"),
+    ("networking.k8s.io/v1", "networkpolicies"),
     ("policy/v1", "poddisruptionbudgets"),
 ]
 CLUSTER_KINDS = [

@@ -177,3 +177,34 @@ container re-applies the admin password. */}}
 {{- end }}
 {{- join "\n" $parts | sha256sum }}
 {{- end }}
+
+{{/* NetworkPolicy egress every chart pod needs: DNS and the apiserver (networkPolicy.*). */}}
+{{- define "kms.netpol.baseEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+{{- if $np.dns.enabled }}
+# DNS
+- ports:
+    {{- range $np.dns.ports }}
+    - {port: {{ . }}, protocol: UDP}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- $peer := dict }}
+  {{- with $np.dns.namespaceSelector }}{{ $_ := set $peer "namespaceSelector" . }}{{ end }}
+  {{- with $np.dns.podSelector }}{{ $_ := set $peer "podSelector" . }}{{ end }}
+  {{- if $peer }}
+  to:
+    {{- toYaml (list $peer) | nindent 4 }}
+  {{- end }}
+{{- end }}
+# the Kubernetes apiserver (the address behind the kubernetes Service: policies see it after DNAT)
+- ports:
+    {{- range $np.apiServer.ports }}
+    - {port: {{ . }}, protocol: TCP}
+    {{- end }}
+  {{- with $np.apiServer.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock: {cidr: {{ . | quote }}}
+    {{- end }}
+  {{- end }}
+{{- end }}

@@ -6,6 +6,9 @@ were timed assertions in the integration suite; here they are figures with targe
   facade's count of full LISTs (`kms_api_cache_lists`) must not move meanwhile;
 - login timing, no user oracle: an unknown user against a known user with a wrong password (the
   facade verifies a dummy argon2 hash for unknown users), medians of interleaved logins, ratio;
+- `GET /datasets` p95 during a flood of 200 bad logins (50 at once, unknown users, never
+  throttled) against the same without the flood: password checks are bounded (KMS_HASH_CONCURRENCY),
+  logins beyond them are answered 503 at once, so lists stay fast;
 - `GET /health` while the apiserver hangs (a port that accepts connections and never answers):
   each check is bounded by the facade's health timeout and they run concurrently, so an answer
   takes about one timeout (two or more: the checks ran one after the other).
@@ -14,7 +17,7 @@ were timed assertions in the integration suite; here they are figures with targe
 (`BENCH_ARGS="--skip api"` leaves it out); alone, it starts a plane of its own:
 
     .venv/bin/python -m bench.api_bench [--datasets 1000] [--requests 300] [--logins 15]
-                                        [--health-runs 10] [--json bench/results/api.json]
+                                        [--flood 200] [--health-runs 10] [--json bench/results/api.json]
 """
 
 from __future__ import annotations
@@ -27,7 +30,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -37,6 +43,7 @@ from bench.common import PY, REPO, Plane, cluster_mod, dump, log, percentile, sa
 
 LIST_TARGET_MS = 30  # p50 of a page from the cache (the same target as the facade row of bench.run)
 LOGIN_RATIO = (0.5, 2.0)  # unknown user / wrong password, medians
+FLOOD_RATIO = 3.0  # GET /datasets p95 during a login flood / without it
 
 
 class Facade:
@@ -212,6 +219,62 @@ def login_timing(fac: Facade, logins: int) -> dict:
     return {"unknown_user_ms": u, "wrong_password_ms": w, "ratio_p50": u["p50"] / w["p50"]}
 
 
+def login_flood(fac: Facade, logins: int = 200, at_once: int = 50, samples: int = 200) -> dict:
+    """GET /datasets?limit=50 latency (ms) without, then during, `logins` bad logins sent
+    `at_once` at a time; the answers to the logins by status and their latency."""
+    headers = {"Authorization": f"Bearer {fac.token('viewer')}"}
+
+    def timed_lists(c: httpx.Client, until) -> list[float]:
+        times = []
+        while not until(len(times)):
+            t = time.perf_counter()
+            r = c.get("/datasets", params={"limit": 50})
+            times.append((time.perf_counter() - t) * 1000)
+            if r.status_code != 200:
+                raise RuntimeError(f"GET /datasets during the flood: HTTP {r.status_code}: {r.text[:300]}")
+        return times
+
+    def bad_login(i: int) -> tuple[int, float]:
+        t = time.perf_counter()
+        r = httpx.post(
+            fac.url + "/token",
+            data={"username": f"flood-{i}-{os.urandom(4).hex()}", "password": "x"},
+            timeout=60,
+        )
+        return r.status_code, (time.perf_counter() - t) * 1000
+
+    with httpx.Client(base_url=fac.url, headers=headers, timeout=30) as c:
+        quiet = timed_lists(c, lambda n: n >= samples)
+        done = threading.Event()
+        during: list[float] = []
+        reader = threading.Thread(target=lambda: during.extend(timed_lists(c, lambda n: done.is_set())))
+        t0 = time.perf_counter()
+        reader.start()
+        try:
+            with ThreadPoolExecutor(at_once) as pool:
+                answers = list(pool.map(bad_login, range(logins)))
+        finally:
+            done.set()
+            reader.join(60)
+        flood_s = time.perf_counter() - t0
+    codes = Counter(code for code, _ in answers)
+    if set(codes) - {401, 429, 503}:
+        raise RuntimeError(f"login flood: unexpected answers {dict(codes)}")
+    q, d = summary(quiet), summary(during)
+    return {
+        "logins": logins,
+        "at_once": at_once,
+        "answers": {str(k): v for k, v in sorted(codes.items())},
+        "login_ms": summary([ms for _, ms in answers]),
+        "refused_ms": summary([ms for code, ms in answers if code == 503] or [0.0]),
+        "flood_s": flood_s,
+        "lists_quiet_ms": q,
+        "lists_during_ms": d,
+        "lists_during": len(during),
+        "p95_ratio": d["p95"] / q["p95"],
+    }
+
+
 def health_when_the_apiserver_hangs(plane: Plane, workdir: Path, data_root: Path, ns: str, runs: int) -> dict:
     """/health of a facade whose apiserver and operator URL are a port that accepts connections
     and never answers (held open for the whole measurement: no port picked and released)."""
@@ -270,6 +333,7 @@ def run(
     requests: int = 300,
     logins: int = 15,
     health_runs: int = 10,
+    flood: int = 200,
 ) -> dict | None:
     try:
         import kms_api  # noqa: F401
@@ -294,6 +358,13 @@ def run(
         log(f"facade: login timing, unknown user vs wrong password ({logins} each, interleaved)")
         out["login"] = login_timing(fac, logins)
         log(f"  ratio of the medians {out['login']['ratio_p50']:.2f}")
+        log(f"facade: GET /datasets during a flood of {flood} bad logins")
+        out["flood"] = login_flood(fac, flood)
+        f = out["flood"]
+        log(
+            f"  p95 {f['lists_quiet_ms']['p95']:.1f} ms quiet, {f['lists_during_ms']['p95']:.1f} ms during; "
+            f"logins {f['answers']}"
+        )
     finally:
         fac.stop()
     log(f"facade: /health with a hung apiserver ({health_runs} requests)")
@@ -333,6 +404,26 @@ def verdict_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
             lo <= g["ratio_p50"] <= hi,
         )
     )
+    f = r.get("flood")
+    if f:
+        rows.append(
+            (
+                f"GET /datasets p95 during {f['logins']} bad logins / without",
+                f"{f['lists_during_ms']['p95']:.1f} / {f['lists_quiet_ms']['p95']:.1f} ms"
+                f" = {f['p95_ratio']:.1f}",
+                f"<= {FLOOD_RATIO:.0f}x",
+                f["p95_ratio"] <= FLOOD_RATIO,
+            )
+        )
+        answers = ", ".join(f"{k}: {v}" for k, v in f["answers"].items())
+        rows.append(
+            (
+                "  the flood's logins: answers, 503 p95",
+                f"{answers}; {f['refused_ms']['p95']:.0f} ms",
+                "only 401/429/503",
+                True,
+            )
+        )
     h = r["health_hung"]
     bound = h["checks"] * h["check_timeout_s"]  # what checks one after the other would take at least
     rows.append(
@@ -359,6 +450,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--logins", type=int, default=15)
     p.add_argument("--health-runs", type=int, default=10)
+    p.add_argument("--flood", type=int, default=200, help="bad logins in the flood")
     p.add_argument("--json", type=Path, help="write the figures here too")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kms-api-bench-"))
@@ -367,7 +459,7 @@ def main() -> int:
     log(f"workdir {work}")
     plane = Plane(work)
     try:
-        result = run(plane, work, data_root, a.datasets, a.requests, a.logins, a.health_runs)
+        result = run(plane, work, data_root, a.datasets, a.requests, a.logins, a.health_runs, a.flood)
     finally:
         plane.down()
     if result is None:

@@ -17,7 +17,7 @@ from .deps import Context
 from .kube import Kube, KubeError
 from .models import ErrorBody
 from .routers import auth, cache, config, datasets, health, jobs, rendering
-from .settings import Settings, usable_cpus
+from .settings import Settings, hash_slots
 from .throttle import SharedThrottle
 from .tombstones import Tombstones
 
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, kube: Kube | None = None) -> Fa
         throttle=LoginThrottle(
             settings.login_max_failures, settings.login_ip_max_failures, settings.login_window_seconds
         ),
-        gate=HashGate(settings.hash_concurrency or usable_cpus(), settings.hash_wait_seconds),
+        gate=HashGate(settings.hash_concurrency or hash_slots(), settings.hash_wait_seconds),
         shared=shared,
     )
 

@@ -29,6 +29,12 @@ def _default_namespace() -> str:
     return "default"
 
 
+def hash_slots() -> int:
+    """Default number of concurrent password checks: argon2 runs its 4 lanes in threads, so one
+    check keeps about two CPUs busy; half the usable CPUs leaves room for the other routes."""
+    return max(1, usable_cpus() // 2)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the facade runs and how it talks to the cluster; see `from_env` for the variables."""
@@ -48,7 +54,7 @@ class Settings:
     login_ip_max_failures: int = 20
     login_window_seconds: int = 60
     login_shared_throttle: bool = True
-    hash_concurrency: int = 0  # 0: usable_cpus()
+    hash_concurrency: int = 0  # 0: hash_slots()
     hash_wait_seconds: float = 0.5
     tombstone_max_entries: int = 1000
     tombstone_max_age_seconds: int = 30 * 86400
@@ -59,7 +65,7 @@ class Settings:
         KMS_OPERATOR_HEALTH_URL, KMS_REQUEST_TIMEOUT, KMS_WATCH_TIMEOUT, KMS_KUBE_MAX_PENDING,
         KMS_LOGIN_MAX_FAILURES, KMS_LOGIN_IP_MAX_FAILURES, KMS_LOGIN_WINDOW,
         KMS_LOGIN_SHARED_THROTTLE (false: per-replica throttling only), KMS_HASH_CONCURRENCY
-        (password checks at once; default: usable CPUs), KMS_HASH_WAIT (seconds a login waits for
+        (password checks at once; default: half the usable CPUs), KMS_HASH_WAIT (seconds a login waits for
         one before 503), KMS_TOMBSTONE_MAX, KMS_TOMBSTONE_MAX_AGE."""
         e = os.environ if env is None else env
         d = cls()

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from kms_api.auth import Busy, HashGate
-from kms_api.settings import Settings, usable_cpus
+from kms_api.settings import Settings, hash_slots, usable_cpus
 from kms_api.throttle import ATTEMPTS, _without, attempts_of, expired, lease_name, micro_time, wait_for
 from kms_api.users_cli import _read_password
 
@@ -99,7 +99,8 @@ def test_settings_for_hashing_and_the_shared_throttle():
     s = Settings.from_env({"KMS_HASH_CONCURRENCY": "3", "KMS_HASH_WAIT": "0.2"})
     assert (s.hash_concurrency, s.hash_wait_seconds, s.login_shared_throttle) == (3, 0.2, True)
     s = Settings.from_env({"KMS_LOGIN_SHARED_THROTTLE": "false"})
-    assert not s.login_shared_throttle and s.hash_concurrency == 0  # 0: usable_cpus()
+    assert not s.login_shared_throttle and s.hash_concurrency == 0  # 0: hash_slots()
+    assert 1 <= hash_slots() <= usable_cpus()
 
 
 def test_password_file(tmp_path):

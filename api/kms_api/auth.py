@@ -55,23 +55,30 @@ class HashGate:
     def __init__(self, slots: int, wait: float):
         self.slots, self.wait = max(1, slots), wait
         self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.busy = 0
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        """The semaphore of the serving loop (made there: one loop per server)."""
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._loop is not loop:
+            self._sem, self._loop = asyncio.Semaphore(self.slots), loop
+        return self._sem
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        if self._sem is None:  # made in the serving loop
-            self._sem = asyncio.Semaphore(self.slots)
+        sem = self._semaphore()
         try:
-            if self.wait <= 0 and self._sem.locked():
+            if self.wait <= 0 and sem.locked():
                 raise TimeoutError
-            await asyncio.wait_for(self._sem.acquire(), self.wait or None)
+            await asyncio.wait_for(sem.acquire(), self.wait or None)
         except TimeoutError:
             self.busy += 1
             raise Busy from None
         try:
             yield
         finally:
-            self._sem.release()
+            sem.release()
 
 
 def password_version(stored_hash: str) -> str:

@@ -81,7 +81,7 @@ def test_parallel_guesses_on_both_replicas_take_no_more_than_the_limit(cluster, 
 
 
 def test_expired_throttle_leases_are_deleted(cluster, facade_factory):
-    fac = facade_factory(KMS_LOGIN_WINDOW="2", KMS_LOGIN_MAX_FAILURES="5")
+    fac = facade_factory(KMS_LOGIN_WINDOW="5", KMS_LOGIN_MAX_FAILURES="5")
     assert _login(fac, "nobody", "wrong-password").status_code == 401
     assert lease_name("u:nobody") in _leases(cluster, fac.namespace)
     wait_until(lambda: not _leases(cluster, fac.namespace), "expired throttle Leases deleted", 60)

@@ -41,7 +41,9 @@ from bench.common import PY, REPO, Plane, cluster_mod, dump, log, percentile, sa
 
 LIST_TARGET_MS = 30  # p50 of a page from the cache (the same target as the facade row of bench.run)
 LOGIN_RATIO = (0.5, 2.0)  # unknown user / wrong password, medians
-FLOOD_RATIO = 3.0  # GET /datasets p95 during a login flood / without it
+FLOOD_P95_MS = (
+    50  # GET /datasets p95 during a login flood (about 4 ms without, 2 cores shared with the plane)
+)
 
 
 class Facade:
@@ -421,11 +423,11 @@ def verdict_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
     if f:
         rows.append(
             (
-                f"GET /datasets p95 during {f['logins']} bad logins / without",
+                f"GET /datasets p95 during {f['logins']} bad logins / without (ratio)",
                 f"{f['lists_during_ms']['p95']:.1f} / {f['lists_quiet_ms']['p95']:.1f} ms"
                 f" = {f['p95_ratio']:.1f}",
-                f"<= {FLOOD_RATIO:.0f}x",
-                f["p95_ratio"] <= FLOOD_RATIO,
+                f"during <= {FLOOD_P95_MS} ms",
+                f["lists_during_ms"]["p95"] <= FLOOD_P95_MS,
             )
         )
         answers = ", ".join(f"{k}: {v}" for k, v in f["answers"].items())

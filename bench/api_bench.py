@@ -6,6 +6,9 @@ were timed assertions in the integration suite; here they are figures with targe
   facade's count of full LISTs (`kms_api_cache_lists`) must not move meanwhile;
 - login timing, no user oracle: an unknown user against a known user with a wrong password (the
   facade verifies a dummy argon2 hash for unknown users), medians of interleaved logins, ratio;
+- `GET /datasets` p95 during a flood of 200 bad logins (50 at once, unknown users, never
+  throttled) against the same without the flood: password checks are bounded (KMS_HASH_CONCURRENCY),
+  logins beyond them are answered 503 at once, so lists stay fast;
 - `GET /health` while the apiserver hangs (a port that accepts connections and never answers):
   each check is bounded by the facade's health timeout and they run concurrently, so an answer
   takes about one timeout (two or more: the checks ran one after the other).
@@ -14,7 +17,7 @@ were timed assertions in the integration suite; here they are figures with targe
 (`BENCH_ARGS="--skip api"` leaves it out); alone, it starts a plane of its own:
 
     .venv/bin/python -m bench.api_bench [--datasets 1000] [--requests 300] [--logins 15]
-                                        [--health-runs 10] [--json bench/results/api.json]
+                                        [--flood 200] [--health-runs 10] [--json bench/results/api.json]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -37,6 +41,9 @@ from bench.common import PY, REPO, Plane, cluster_mod, dump, log, percentile, sa
 
 LIST_TARGET_MS = 30  # p50 of a page from the cache (the same target as the facade row of bench.run)
 LOGIN_RATIO = (0.5, 2.0)  # unknown user / wrong password, medians
+FLOOD_P95_MS = (
+    50  # GET /datasets p95 during a login flood (about 4 ms without, 2 cores shared with the plane)
+)
 
 
 class Facade:
@@ -212,6 +219,77 @@ def login_timing(fac: Facade, logins: int) -> dict:
     return {"unknown_user_ms": u, "wrong_password_ms": w, "ratio_p50": u["p50"] / w["p50"]}
 
 
+def _flood(url: str, logins: int, at_once: int, started, out) -> None:
+    """In a process of its own (the flood's clients must not slow the measuring one down): bad
+    logins, `at_once` in flight, each answer's status and latency (ms) put on `out`."""
+    import asyncio
+
+    async def main() -> list[tuple[int, float]]:
+        gate = asyncio.Semaphore(at_once)
+        limits = httpx.Limits(max_connections=at_once, max_keepalive_connections=at_once)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as c:
+
+            async def one(i: int) -> tuple[int, float]:
+                async with gate:
+                    t = time.perf_counter()
+                    data = {"username": f"flood-{i}-{os.urandom(4).hex()}", "password": "x"}
+                    r = await c.post("/token", data=data)
+                    return r.status_code, (time.perf_counter() - t) * 1000
+
+            started.set()
+            return await asyncio.gather(*(one(i) for i in range(logins)))
+
+    out.put(asyncio.run(main()))
+
+
+def login_flood(fac: Facade, logins: int = 200, at_once: int = 50, samples: int = 200) -> dict:
+    """GET /datasets?limit=50 latency (ms) without, then during, `logins` bad logins sent
+    `at_once` at a time by another process; the answers to the logins by status and latency."""
+    import multiprocessing
+
+    headers = {"Authorization": f"Bearer {fac.token('viewer')}"}
+
+    def timed_lists(c: httpx.Client, until) -> list[float]:
+        times = []
+        while not until(len(times)):
+            t = time.perf_counter()
+            r = c.get("/datasets", params={"limit": 50})
+            times.append((time.perf_counter() - t) * 1000)
+            if r.status_code != 200:
+                raise RuntimeError(f"GET /datasets during the flood: HTTP {r.status_code}: {r.text[:300]}")
+        return times
+
+    spawn = multiprocessing.get_context("spawn")
+    results, started = spawn.Queue(), spawn.Event()
+    with httpx.Client(base_url=fac.url, headers=headers, timeout=30) as c:
+        quiet = timed_lists(c, lambda n: n >= samples)
+        flood = spawn.Process(target=_flood, args=(fac.url, logins, at_once, started, results), daemon=True)
+        flood.start()
+        if not started.wait(120):
+            raise RuntimeError("the login flood's process did not start")
+        t0 = time.perf_counter()
+        during = timed_lists(c, lambda n: not flood.is_alive() or not results.empty())
+        answers = results.get(timeout=300)
+        flood_s = time.perf_counter() - t0
+        flood.join(30)
+    codes = Counter(code for code, _ in answers)
+    if set(codes) - {401, 429, 503}:
+        raise RuntimeError(f"login flood: unexpected answers {dict(codes)}")
+    q, d = summary(quiet), summary(during)
+    return {
+        "logins": logins,
+        "at_once": at_once,
+        "answers": {str(k): v for k, v in sorted(codes.items())},
+        "login_ms": summary([ms for _, ms in answers]),
+        "refused_ms": summary([ms for code, ms in answers if code == 503] or [0.0]),
+        "flood_s": flood_s,
+        "lists_quiet_ms": q,
+        "lists_during_ms": d,
+        "lists_during": len(during),
+        "p95_ratio": d["p95"] / q["p95"],
+    }
+
+
 def health_when_the_apiserver_hangs(plane: Plane, workdir: Path, data_root: Path, ns: str, runs: int) -> dict:
     """/health of a facade whose apiserver and operator URL are a port that accepts connections
     and never answers (held open for the whole measurement: no port picked and released)."""
@@ -270,6 +348,7 @@ def run(
     requests: int = 300,
     logins: int = 15,
     health_runs: int = 10,
+    flood: int = 200,
 ) -> dict | None:
     try:
         import kms_api  # noqa: F401
@@ -294,6 +373,13 @@ def run(
         log(f"facade: login timing, unknown user vs wrong password ({logins} each, interleaved)")
         out["login"] = login_timing(fac, logins)
         log(f"  ratio of the medians {out['login']['ratio_p50']:.2f}")
+        log(f"facade: GET /datasets during a flood of {flood} bad logins")
+        out["flood"] = login_flood(fac, flood)
+        f = out["flood"]
+        log(
+            f"  p95 {f['lists_quiet_ms']['p95']:.1f} ms quiet, {f['lists_during_ms']['p95']:.1f} ms during; "
+            f"logins {f['answers']}"
+        )
     finally:
         fac.stop()
     log(f"facade: /health with a hung apiserver ({health_runs} requests)")
@@ -333,6 +419,26 @@ def verdict_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
             lo <= g["ratio_p50"] <= hi,
         )
     )
+    f = r.get("flood")
+    if f:
+        rows.append(
+            (
+                f"GET /datasets p95 during {f['logins']} bad logins / without (ratio)",
+                f"{f['lists_during_ms']['p95']:.1f} / {f['lists_quiet_ms']['p95']:.1f} ms"
+                f" = {f['p95_ratio']:.1f}",
+                f"during <= {FLOOD_P95_MS} ms",
+                f["lists_during_ms"]["p95"] <= FLOOD_P95_MS,
+            )
+        )
+        answers = ", ".join(f"{k}: {v}" for k, v in f["answers"].items())
+        rows.append(
+            (
+                "  the flood's logins: answers, 503 p95",
+                f"{answers}; {f['refused_ms']['p95']:.0f} ms",
+                "only 401/429/503",
+                True,
+            )
+        )
     h = r["health_hung"]
     bound = h["checks"] * h["check_timeout_s"]  # what checks one after the other would take at least
     rows.append(
@@ -359,6 +465,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--logins", type=int, default=15)
     p.add_argument("--health-runs", type=int, default=10)
+    p.add_argument("--flood", type=int, default=200, help="bad logins in the flood")
     p.add_argument("--json", type=Path, help="write the figures here too")
     a = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kms-api-bench-"))
@@ -367,7 +474,7 @@ def main() -> int:
     log(f"workdir {work}")
     plane = Plane(work)
     try:
-        result = run(plane, work, data_root, a.datasets, a.requests, a.logins, a.health_runs)
+        result = run(plane, work, data_root, a.datasets, a.requests, a.logins, a.health_runs, a.flood)
     finally:
         plane.down()
     if result is None:

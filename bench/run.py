@@ -3,7 +3,8 @@ run on a fresh local control plane. Prints a table (figure, target, pass/fail) a
 bench/results/results.json and bench/results/reconcile.png.
 
 Phases: operator (always), rss and facade (search at --rss-n datasets), api (the facade alone:
-list latency at 1,000 datasets, login timing, /health with a hung apiserver; bench/api_bench.py),
+list latency at 1,000 datasets, login timing, lists during a login flood, /health with a hung
+apiserver; bench/api_bench.py),
 serving, node (the real node, a plane of its own; bench/node_bench.py).
 
     python -m bench.run [--sizes 100,1000] [--big] [--rss-n 10000] [--skip serving,facade,api]
@@ -44,7 +45,7 @@ RESULTS = REPO / "bench" / "results"
 
 
 def facade_bench(plane: Plane, workdir: Path, data_root: Path, ns: str, n: int) -> dict | None:
-    """GET /datasets?limit=50&search=... on the watch-fed facade vs a LIST-per-request baseline."""
+    """GET /datasets?limit=50&q=... (a search) on the watch-fed facade vs a LIST-per-request baseline."""
     try:
         import kms_api  # noqa: F401
     except ImportError:
@@ -90,7 +91,7 @@ def facade_bench(plane: Plane, workdir: Path, data_root: Path, ns: str, n: int) 
         with httpx.Client(timeout=30, headers=headers) as c:
             for t in terms:
                 t0 = time.perf_counter()
-                r = c.get(base + "/datasets", params={"limit": 50, "search": t[:-1]})
+                r = c.get(base + "/datasets", params={"limit": 50, "q": t[:-1]})
                 lat.append(time.perf_counter() - t0)
                 assert r.status_code == 200
         naive = []
@@ -270,7 +271,7 @@ def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:
     if f:
         rows.append(
             (
-                "facade GET /datasets?limit=50&search p50 / p95",
+                "facade GET /datasets?limit=50&q=<term> (search) p50 / p95",
                 f"{f['facade']['p50'] * 1000:.1f} / {f['facade']['p95'] * 1000:.1f} ms",
                 "p50 <= 30 ms",
                 f["facade"]["p50"] <= 0.030,

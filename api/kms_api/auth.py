@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -9,6 +10,8 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +42,43 @@ def verify_password(stored_hash: str | None, password: str) -> bool:
         return _hasher.verify(stored_hash or _DUMMY_HASH, password) and stored_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+class Busy(Exception):
+    """No password-check slot came free in time."""
+
+
+class HashGate:
+    """At most `slots` password checks at once (argon2 takes a CPU and 64 MiB each); a login waits
+    up to `wait` seconds for a slot, in the event loop (no worker thread is held), else Busy."""
+
+    def __init__(self, slots: int, wait: float):
+        self.slots, self.wait = max(1, slots), wait
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.busy = 0
+
+    def _semaphore(self) -> asyncio.Semaphore:
+        """The semaphore of the serving loop (made there: one loop per server)."""
+        loop = asyncio.get_running_loop()
+        if self._sem is None or self._loop is not loop:
+            self._sem, self._loop = asyncio.Semaphore(self.slots), loop
+        return self._sem
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        sem = self._semaphore()
+        try:
+            if self.wait <= 0 and sem.locked():
+                raise TimeoutError
+            await asyncio.wait_for(sem.acquire(), self.wait or None)
+        except TimeoutError:
+            self.busy += 1
+            raise Busy from None
+        try:
+            yield
+        finally:
+            sem.release()
 
 
 def password_version(stored_hash: str) -> str:

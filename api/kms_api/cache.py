@@ -66,9 +66,11 @@ class Store:
         field_selector: str | None = None,
         project: Projection | None = None,
         watch_timeout: int = 60,
+        label_selector: str | None = None,
     ):
         self.kube, self.path, self.what = kube, path, what
         self.field_selector, self.project, self.watch_timeout = field_selector, project, watch_timeout
+        self.label_selector = label_selector
         self._objects: dict[str, dict] = {}
         self._views: dict[str, Any] = {}
         self._gone: dict[str, str] = {}  # name -> resourceVersion of its deletion
@@ -139,7 +141,8 @@ class Store:
         return self.synced.wait(timeout)
 
     def _query(self) -> dict:
-        return {"fieldSelector": self.field_selector} if self.field_selector else {}
+        query = {"fieldSelector": self.field_selector} if self.field_selector else {}
+        return {**query, "labelSelector": self.label_selector} if self.label_selector else query
 
     def relist(self) -> None:
         """LIST in pages (as client-go's reflector does), each page slimmed as it arrives: memory

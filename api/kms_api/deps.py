@@ -9,11 +9,22 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from .auth import RANK, InvalidToken, LoginThrottle, Role, Tokens, User, parse_users, password_version
+from .auth import (
+    RANK,
+    HashGate,
+    InvalidToken,
+    LoginThrottle,
+    Role,
+    Tokens,
+    User,
+    parse_users,
+    password_version,
+)
 from .config import ConfigStore
 from .crclient import CRClient
 from .errors import Problem
 from .settings import Settings
+from .throttle import SharedThrottle
 from .tombstones import Tombstones
 
 BEARER = {"WWW-Authenticate": "Bearer"}
@@ -28,7 +39,9 @@ class Context:
     cr: CRClient
     config: ConfigStore
     tombstones: Tombstones
-    throttle: LoginThrottle
+    throttle: LoginThrottle  # this replica's (also the fallback when the apiserver is unavailable)
+    gate: HashGate
+    shared: SharedThrottle | None = None  # every replica's, in Leases
 
     def tokens(self) -> Tokens:
         key = self.cr.secret_data(self.cr.jwt).get("signing-key") or self.cr.ensure_jwt_key()

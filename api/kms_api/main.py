@@ -10,14 +10,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __version__, errors, observability
-from .auth import LoginThrottle
+from .auth import HashGate, LoginThrottle
 from .config import ConfigStore
 from .crclient import CRClient
 from .deps import Context
 from .kube import Kube, KubeError
 from .models import ErrorBody
 from .routers import auth, cache, config, datasets, health, jobs, rendering
-from .settings import Settings
+from .settings import Settings, hash_slots
+from .throttle import SharedThrottle
 from .tombstones import Tombstones
 
 log = logging.getLogger("kms_api")
@@ -43,6 +44,17 @@ def create_app(settings: Settings | None = None, kube: Kube | None = None) -> Fa
     settings = settings or Settings.from_env()
     kube = kube or Kube.from_environment(timeout=settings.request_timeout)
     cr = CRClient(kube, settings)
+    shared = None
+    if settings.login_shared_throttle:
+        shared = SharedThrottle(
+            kube,
+            settings.namespace,
+            settings.login_max_failures,
+            settings.login_ip_max_failures,
+            settings.login_window_seconds,
+            timeout=min(2.0, settings.request_timeout),
+            watch_timeout=settings.watch_timeout,
+        )
     ctx = Context(
         settings=settings,
         cr=cr,
@@ -51,14 +63,20 @@ def create_app(settings: Settings | None = None, kube: Kube | None = None) -> Fa
         throttle=LoginThrottle(
             settings.login_max_failures, settings.login_ip_max_failures, settings.login_window_seconds
         ),
+        gate=HashGate(settings.hash_concurrency or hash_slots(), settings.hash_wait_seconds),
+        shared=shared,
     )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         cr.start()
+        if shared:
+            shared.start()
         log.info("facade for namespace %s starting; watching its resources", settings.namespace)
         threading.Thread(target=_ensure_key, args=(cr,), name="jwt-key", daemon=True).start()
         yield
+        if shared:
+            shared.stop()
         cr.stop()
 
     app = FastAPI(

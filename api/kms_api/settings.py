@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = _CPU_MAX) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's limit)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 def _default_namespace() -> str:
     if _SA_NAMESPACE.exists():
         return _SA_NAMESPACE.read_text().strip()
     return "default"
+
+
+def hash_slots() -> int:
+    """Default number of concurrent password checks: argon2 runs its 4 lanes in threads, so one
+    check keeps about two CPUs busy; half the usable CPUs leaves room for the other routes."""
+    return max(1, usable_cpus() // 2)
 
 
 @dataclass(frozen=True)
@@ -33,6 +53,9 @@ class Settings:
     login_max_failures: int = 5
     login_ip_max_failures: int = 20
     login_window_seconds: int = 60
+    login_shared_throttle: bool = True
+    hash_concurrency: int = 0  # 0: hash_slots()
+    hash_wait_seconds: float = 0.5
     tombstone_max_entries: int = 1000
     tombstone_max_age_seconds: int = 30 * 86400
 
@@ -40,8 +63,10 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """KMS_NAMESPACE, KMS_DATA_ROOT, KMS_DATA_PVC, KMS_UPLOAD_DIR, KMS_JOB_IMAGE, KMS_TOKEN_TTL,
         KMS_OPERATOR_HEALTH_URL, KMS_REQUEST_TIMEOUT, KMS_WATCH_TIMEOUT, KMS_KUBE_MAX_PENDING,
-        KMS_LOGIN_MAX_FAILURES,
-        KMS_LOGIN_IP_MAX_FAILURES, KMS_LOGIN_WINDOW, KMS_TOMBSTONE_MAX, KMS_TOMBSTONE_MAX_AGE."""
+        KMS_LOGIN_MAX_FAILURES, KMS_LOGIN_IP_MAX_FAILURES, KMS_LOGIN_WINDOW,
+        KMS_LOGIN_SHARED_THROTTLE (false: per-replica throttling only), KMS_HASH_CONCURRENCY
+        (password checks at once; default: half the usable CPUs), KMS_HASH_WAIT (seconds a login waits for
+        one before 503), KMS_TOMBSTONE_MAX, KMS_TOMBSTONE_MAX_AGE."""
         e = os.environ if env is None else env
         d = cls()
         data_root = e.get("KMS_DATA_ROOT")
@@ -59,6 +84,10 @@ class Settings:
             login_max_failures=int(e.get("KMS_LOGIN_MAX_FAILURES", d.login_max_failures)),
             login_ip_max_failures=int(e.get("KMS_LOGIN_IP_MAX_FAILURES", d.login_ip_max_failures)),
             login_window_seconds=int(e.get("KMS_LOGIN_WINDOW", d.login_window_seconds)),
+            login_shared_throttle=e.get("KMS_LOGIN_SHARED_THROTTLE", "true").strip().lower()
+            not in ("0", "false", "no", "off"),
+            hash_concurrency=max(0, int(e.get("KMS_HASH_CONCURRENCY", d.hash_concurrency))),
+            hash_wait_seconds=max(0.0, float(e.get("KMS_HASH_WAIT", d.hash_wait_seconds))),
             tombstone_max_entries=int(e.get("KMS_TOMBSTONE_MAX", d.tombstone_max_entries)),
             tombstone_max_age_seconds=int(e.get("KMS_TOMBSTONE_MAX_AGE", d.tombstone_max_age_seconds)),
         )

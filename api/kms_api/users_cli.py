@@ -1,4 +1,5 @@
-"""`python -m kms_api user add|reset|delete|list NAME --role R [--password-stdin]`: edit the users Secret."""
+"""`python -m kms_api user add|reset|delete|list NAME --role R [--password-stdin | --password-file F]`:
+edit the users Secret."""
 
 from __future__ import annotations
 
@@ -12,8 +13,14 @@ from .kube import Kube, KubeError, ns_path
 from .settings import Settings
 
 
-def _read_password(from_stdin: bool) -> str:
-    if from_stdin:
+def _read_password(from_stdin: bool, path: str | None = None) -> str:
+    if path:  # a mounted Secret: the whole file, without a trailing newline
+        try:
+            with open(path, encoding="utf-8") as f:
+                password = f.read().removesuffix("\n")
+        except OSError as e:
+            raise SystemExit(f"cannot read the password file: {e.strerror}") from None
+    elif from_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = getpass.getpass("password: ")
@@ -48,7 +55,9 @@ def run(argv: list[str]) -> int:
     p.add_argument("action", choices=["add", "reset", "delete", "list"])
     p.add_argument("name", nargs="?")
     p.add_argument("--role", choices=ROLES, help="role (add: default viewer; reset: keep unless given)")
-    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    how.add_argument("--password-file", metavar="FILE", help="read the password from FILE (a mounted Secret)")
     p.add_argument("--namespace", "-n", help="namespace (default: KMS_NAMESPACE)")
     a = p.parse_args(argv)
     ns = a.namespace or Settings.from_env().namespace
@@ -74,7 +83,7 @@ def run(argv: list[str]) -> int:
         print(f"no user {a.name}; use add", file=sys.stderr)
         return 1
     role = a.role or (current[a.name].role if a.name in current else "viewer")
-    password = _read_password(a.password_stdin)
+    password = _read_password(a.password_stdin, a.password_file)
     _write(kube, ns, {a.name: encode(user_entry(hash_password(password), role))})
     print(f"{'added' if a.action == 'add' else 'reset'} user {a.name} ({role})")
     return 0

@@ -309,6 +309,10 @@ def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
         ("create", "secrets"),
         ("get", "configmaps/kube-mapserver-config"),
         ("update", "configmaps/kube-mapserver-tombstones"),
+        ("watch", "leases.coordination.k8s.io"),  # the login throttle shared by the replicas
+        ("create", "leases.coordination.k8s.io"),
+        ("update", "leases.coordination.k8s.io"),
+        ("delete", "leases.coordination.k8s.io"),
     ]
     facade_denied = [
         ("list", "secrets"),
@@ -324,6 +328,8 @@ def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
         ("delete", "deployments.apps"),
         ("create", "pods", "--subresource=exec"),
         ("create", "jobs.batch"),
+        ("create", "leases.coordination.k8s.io", "-n", other),
+        ("patch", "leases.coordination.k8s.io"),
     ]
     wrong = []
     for sa, checks, want, default_ns in (
@@ -556,9 +562,22 @@ def test_chart_rbac_suffices_for_the_real_operator_and_facade(
         py = str(REPO / ".venv" / "bin" / "python")
         # what the chart's init container does, as the facade's ServiceAccount
         password = "rbac-smoke-password"
+        password_file = tmp_path / "admin-password"  # the chart mounts the admin Secret as a file
+        password_file.write_text(password)
+        password_file.chmod(0o400)
         subprocess.run(
-            [py, "-m", "kms_api", "user", "add", "admin", "--role", "admin", "--password-stdin"],
-            input=password + "\n",
+            [
+                py,
+                "-m",
+                "kms_api",
+                "user",
+                "add",
+                "admin",
+                "--role",
+                "admin",
+                "--password-file",
+                str(password_file),
+            ],
             text=True,
             env=env,
             cwd=REPO,

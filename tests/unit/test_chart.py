@@ -322,17 +322,33 @@ def test_generated_credentials_and_given_ones():
     secrets = {o["metadata"]["name"]: o for o in given if o["kind"] == "Secret"}
     assert base64.b64decode(secrets["kube-mapserver-admin"]["data"]["password"]) == b"correct-horse"
     assert "annotations" not in secrets["kube-mapserver-admin"]["metadata"]
-    # existingSecret / jwt.create=false: nothing rendered, the init container reads the given Secret
+    # existingSecret / jwt.create=false: nothing rendered, the init container reads the given Secret,
+    # mounted read-only as a file (checkov CKV_K8S_35: no Secret in an environment variable)
     ext = docs(chart.template(set_values=["auth.admin.existingSecret=my-admin", "auth.jwt.create=false"]))
     assert not [o for o in ext if o["kind"] == "Secret"]
     (fc,) = [o for o in ext if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-api")]
-    init = fc["spec"]["template"]["spec"]["initContainers"][0]
-    refs = [
-        e["valueFrom"]["secretKeyRef"]
-        for e in init["env"]
-        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
-    ]
-    assert refs == [{"name": "my-admin", "key": "password"}]
+    pod = fc["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (mount,) = [m for m in init["volumeMounts"] if "secret" in volumes[m["name"]]]
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "my-admin" and secret["items"] == [{"key": "password", "path": "password"}]
+    assert mount["readOnly"] and secret["defaultMode"] == 0o440
+    env = {e["name"]: e for e in init["env"]}
+    assert env["KMS_ADMIN_PASSWORD_FILE"]["value"] == f"{mount['mountPath']}/password"
+    assert "--password-file" in init["command"][-1]
+
+
+@needs_helm
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_no_secret_reaches_a_container_through_its_environment(variant: str):
+    """Secrets are mounted as files (checkov CKV_K8S_35), never env secretKeyRef or envFrom."""
+    for o in docs(render(variant)):
+        pod = (o.get("spec") or {}).get("template", {}).get("spec") or {}
+        for c in pod.get("initContainers", []) + pod.get("containers", []):
+            assert not any("secretRef" in f for f in c.get("envFrom", [])), (o["metadata"]["name"], c["name"])
+            for e in c.get("env", []):
+                assert "secretKeyRef" not in (e.get("valueFrom") or {}), (o["metadata"]["name"], e["name"])
 
 
 # ------------------------------------------------------------------------------------ CRD chart, deploy/

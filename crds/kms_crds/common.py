@@ -76,7 +76,10 @@ class LabelSelector(KModel):
 class Condition(KModel):
     """A status condition in the Kubernetes shape."""
 
-    type: str = Field(description="Ready, Progressing or Degraded.")
+    type: str = Field(
+        description="Ready, Progressing, Degraded, Reconciling (work in progress) or Stalled (a failure "
+        "only a spec change can fix), as the kstatus conventions (Flux, Argo CD health checks) read them."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field("", description="Human-readable detail.")

@@ -272,8 +272,14 @@ class Phase(StrEnum):
 
 class MapJobStatus(KModel):
     phase: Phase | None = Field(None, description="Queued, Running, Succeeded, Failed or Cancelled.")
-    conditions: list[Condition] | None = Field(None, description="Ready (finished), Progressing, Degraded.")
-    observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Ready (succeeded), Progressing, Degraded, Reconciling (queued or running), "
+        "Stalled (failed for good or cancelled).",
+    )
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation last reconciled (behind it: work in progress)."
+    )
     job_name: str | None = Field(None, description="The Kubernetes Job running this MapJob.")
     start_time: str | None = Field(None, description="When the job started.")
     completion_time: str | None = Field(None, description="When the job finished.")

@@ -292,8 +292,15 @@ class TileCacheStatus(KModel):
 
 
 class MapServiceStatus(KModel):
-    conditions: list[Condition] | None = Field(None, description="Ready, Progressing, Degraded.")
-    observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Ready, Progressing, Degraded, Reconciling (rollout in progress), Stalled (True "
+        "when MapServer cannot load the mapfile, the rollout passed its deadline or the children "
+        "cannot be applied).",
+    )
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation last reconciled (behind it: work in progress)."
+    )
     replicas: int | None = Field(None, description="Desired replicas.")
     ready_replicas: int | None = Field(None, description="Replicas passing readiness.")
     dataset_count: int | None = Field(None, description="Datasets in the mapfile.")

@@ -3,15 +3,13 @@ the real kstatus library (hack/kstatus, `make kstatus`) computes from it."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import pytest
 
 from kms_operator import rollout
 from kms_operator.conditions import TYPES, merge_conditions, status_conditions
 from kms_operator.labels import HASH_ANNOTATION
-from tests.helpers import REPO, require_tool
+from tests.helpers import REPO
+from tests.kstatus import kstatus_of
 
 
 def by_type(conds: list[dict]) -> dict[str, dict]:
@@ -119,18 +117,6 @@ def test_deadline_exceeded_is_the_deployments_own_verdict() -> None:
 # ------------------------------------------------------------ the real kstatus library on these sets
 
 
-def kstatus_of(objects: list[dict]) -> list[dict]:
-    """What sigs.k8s.io/cli-utils/pkg/kstatus computes for each object (hack/kstatus)."""
-    binary = subprocess.run(
-        [str(REPO / "hack" / "build-kstatus.sh"), "--print-path"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    require_tool(binary, "hack/kstatus (sigs.k8s.io/cli-utils kstatus)", "kstatus")
-    out = subprocess.run(
-        [binary], input="\n".join(json.dumps(o) for o in objects), check=True, capture_output=True, text=True
-    ).stdout
-    return [json.loads(line) for line in out.splitlines()]
-
-
 def _obj(name: str, generation: int, conds: list[dict] | None, observed: int | None = None) -> dict:
     status: dict = {"observedGeneration": generation if observed is None else observed}
     if conds is not None:
@@ -143,21 +129,62 @@ def _obj(name: str, generation: int, conds: list[dict] | None, observed: int | N
     }
 
 
-@pytest.mark.parametrize(
-    "conds, observed, expect",
-    [
-        (dict(ready=True, reason="SourceValid"), None, "Current"),
-        (dict(ready=True, reason="Available", degraded=("DatasetsExcluded", "left out: a")), None, "Current"),
-        (dict(ready=False, reason="SourceNotFound", stalled=("SourceNotFound", "nope")), None, "Failed"),
-        (dict(ready=False, reason="RolloutInProgress", reconciling="RollingOut"), None, "InProgress"),
-        (dict(ready=None, reason="Running", reconciling="Running"), None, "InProgress"),
-        (dict(ready=False, reason="X"), None, "InProgress"),
-        (dict(ready=True, reason="SourceValid"), 1, "InProgress"),  # spec changed, not reconciled yet
-        (dict(ready=False, reason="JobFailed", stalled=("JobFailed", "x")), 1, "InProgress"),
-    ],
-)
-def test_kstatus_reads_the_condition_sets(conds: dict, observed: int | None, expect: str) -> None:
-    [result] = kstatus_of([_obj("x", 2, status_conditions(2, **conds), observed)])
+CASES = [  # condition set, observedGeneration (None: current), kstatus, Argo CD health check
+    (dict(ready=True, reason="SourceValid"), None, "Current", "Healthy"),
+    (
+        dict(ready=True, reason="Available", degraded=("DatasetsExcluded", "left out: a")),
+        None,
+        "Current",
+        "Healthy",
+    ),
+    (
+        dict(ready=False, reason="SourceNotFound", stalled=("SourceNotFound", "nope")),
+        None,
+        "Failed",
+        "Degraded",
+    ),
+    (
+        dict(ready=False, reason="RolloutInProgress", reconciling="RollingOut"),
+        None,
+        "InProgress",
+        "Progressing",
+    ),
+    (dict(ready=None, reason="Running", reconciling="Running"), None, "InProgress", "Progressing"),
+    (dict(ready=False, reason="X"), None, "InProgress", "Progressing"),
+    (dict(ready=True, reason="SourceValid"), 1, "InProgress", "Progressing"),  # spec changed, not seen yet
+    (dict(ready=False, reason="JobFailed", stalled=("JobFailed", "x")), 1, "InProgress", "Progressing"),
+]
+
+
+@pytest.mark.parametrize("conds, observed, expect, argocd", CASES)
+def test_kstatus_and_the_argocd_check_read_the_condition_sets(
+    conds: dict, observed: int | None, expect: str, argocd: str
+) -> None:
+    obj = _obj("x", 2, status_conditions(2, **conds), observed)
+    [result] = kstatus_of([obj])
     assert result["status"] == expect, result
+    [health] = kstatus_of([obj], argocd_lua=True)
+    assert health["status"] == argocd, health
     if expect == "Failed":
-        assert result["message"] == "nope"
+        assert result["message"] == "nope" and health["message"] == "SourceNotFound: nope"
+
+
+def test_argocd_check_without_status_waits_for_the_operator() -> None:
+    obj = _obj("x", 1, None)
+    del obj["status"]
+    [health] = kstatus_of([obj], argocd_lua=True)
+    assert health == {**health, "status": "Progressing", "message": "waiting for the operator"}
+
+
+def test_readme_carries_the_argocd_check() -> None:
+    """The README's argocd-cm example holds docs/argocd-health.lua for each of our kinds."""
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("```yaml\napiVersion: v1\nkind: ConfigMap\n") + len("```yaml\n")
+    cm = yaml.safe_load(readme[start : readme.index("```", start)])
+    script = (REPO / "docs" / "argocd-health.lua").read_text()
+    assert cm["data"] == {
+        f"resource.customizations.health.maps.kube-mapserver.io_{kind}": script
+        for kind in ("MapDataset", "MapService", "MapJob")
+    }

@@ -142,7 +142,7 @@ class MapJobs:
                     gen,
                     event=("Warning", "CancelIgnored"),
                 )
-            elif old.get("observedGeneration") != gen:  # a finished job runs no new spec: seen, unchanged
+            else:  # a finished job runs no new spec: seen, unchanged (conditions of older versions updated)
                 await self._write(body, old, {}, gen)
             return
         job = await op.call(op.kube.get, "batch/v1", "Job", ns, jname)

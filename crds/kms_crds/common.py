@@ -89,6 +89,17 @@ class Condition(KModel):
     )
 
 
+# A resource no operator has looked at yet reads as `status: {observedGeneration: 0}` (the apiserver
+# applies the default whenever it reads the object), so kstatus (Flux, Argo-style checks) sees it
+# InProgress rather than Current in the moment between `kubectl apply` and the first reconcile.
+UNOBSERVED_STATUS = {"observedGeneration": 0}
+
+
+def status_field():
+    """The `status` field of a resource model, defaulted to UNOBSERVED_STATUS in the CRD."""
+    return Field(None, json_schema_extra={"default": UNOBSERVED_STATUS})
+
+
 class PrinterColumn(KModel):
     name: str
     type: str

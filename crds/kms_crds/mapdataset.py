@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta
+from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta, status_field
 
 Keyword = Annotated[str, Field(min_length=1, max_length=100, pattern=SAFE_TEXT)]
 
@@ -251,7 +251,7 @@ class MapDataset(Resource):
     """A raster or vector source and how it is styled and served."""
 
     spec: MapDatasetSpec
-    status: MapDatasetStatus | None = None
+    status: MapDatasetStatus | None = status_field()
 
     crd = ResourceMeta(
         kind="MapDataset",

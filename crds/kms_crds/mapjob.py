@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 
-from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta, Resources
+from .common import (
+    SAFE_TEXT,
+    Condition,
+    KModel,
+    PrinterColumn,
+    Resource,
+    ResourceMeta,
+    Resources,
+    status_field,
+)
 from .mapservice import SeedPolicy
 
 DEFAULT_JOB_IMAGE = "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
@@ -300,7 +309,7 @@ class MapJob(Resource):
     """A processing job run as a Kubernetes Job."""
 
     spec: MapJobSpec
-    status: MapJobStatus | None = None
+    status: MapJobStatus | None = status_field()
 
     crd = ResourceMeta(
         kind="MapJob",

@@ -16,6 +16,7 @@ from .common import (
     Resource,
     ResourceMeta,
     Resources,
+    status_field,
 )
 
 # Our own MapServer 8 image (Debian's MapServer behind Apache + mod_fcgid, uid 33, port 8080);
@@ -318,7 +319,7 @@ class MapService(Resource):
     """A MapServer deployment serving the MapDatasets its selector picks."""
 
     spec: MapServiceSpec
-    status: MapServiceStatus | None = None
+    status: MapServiceStatus | None = status_field()
 
     crd = ResourceMeta(
         kind="MapService",

@@ -85,7 +85,12 @@ def conditions(obj: dict) -> dict[str, str]:
 
 
 def test_datasets_current_failed_and_in_progress(cluster, ns):
-    create_cr(cluster.api, ns, dataset("good", "ds"))
+    created = create_cr(cluster.api, ns, dataset("good", "ds"))
+    # what `kubectl apply` answers, before the operator looked: the CRD's status default
+    assert created["status"] == {"observedGeneration": 0}
+    h = health(created)
+    assert h["status"] == "InProgress", h
+    RESULTS.append(("MapDataset good, as created (no reconcile yet)", h["status"], h["message"]))
     create_cr(cluster.api, ns, dataset("missing", "ds", path="ocean/nope.tif"))
 
     obj, _ = wait_health(cluster.api, ns, "MapDataset", "good", "Current")
@@ -121,7 +126,8 @@ def test_services_current_in_progress_and_failed(cluster, ns, data_root):
             "unloadable", "broken", path="ocean/zones-sample.geojson", type="vector", projection="EPSG:999999"
         ),
     )
-    create_cr(cluster.api, ns, service("good", "good"))
+    h = health(create_cr(cluster.api, ns, service("good", "good")))
+    assert h["status"] == "InProgress", h
     create_cr(cluster.api, ns, service("broken", "broken"))
     # pods that cannot start yet (their data claim does not exist): a rollout in progress
     create_cr(cluster.api, ns, service("waiting", "good", data={"persistentVolumeClaim": "no-such-claim"}))
@@ -164,7 +170,12 @@ def test_services_current_in_progress_and_failed(cluster, ns, data_root):
 
 
 def test_jobs_failed_for_good_and_succeeded(cluster, ns):
-    create_cr(cluster.api, ns, mapjob("fails", {"input": "ocean/missing.tif", "output": f"out/{ns}/x.tif"}))
+    h = health(
+        create_cr(
+            cluster.api, ns, mapjob("fails", {"input": "ocean/missing.tif", "output": f"out/{ns}/x.tif"})
+        )
+    )
+    assert h["status"] == "InProgress", h
     create_cr(
         cluster.api, ns, mapjob("works", {"input": "ocean/sst-sample.tif", "output": f"out/{ns}/y.tif"})
     )

@@ -4,7 +4,7 @@ PY := .venv/bin/python
 CLUSTER_DIR ?= $(CURDIR)/.kms/cluster
 PYTEST_ARGS ?=
 
-.PHONY: help setup checkov binaries cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e test-flaky lint crds bench node-down clean
+.PHONY: help setup checkov binaries kstatus cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e test-flaky lint crds bench node-down clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -21,6 +21,9 @@ checkov:  ## the pinned checkov in its own venv (~/.cache/kube-mapserver/checkov
 binaries:  ## build the control-plane binaries once (cached under ~/.cache/kube-mapserver)
 	hack/build-binaries.sh
 
+kstatus:  ## build hack/kstatus once (cached): the health Flux and Argo-style checks compute (sigs.k8s.io/cli-utils kstatus)
+	hack/build-kstatus.sh
+
 cluster-up: setup  ## start the local control plane (etcd, apiserver, controller-manager, scheduler, kwok)
 	$(PY) hack/cluster.py up --dir $(CLUSTER_DIR)
 
@@ -33,19 +36,19 @@ cluster-status:
 dev: setup binaries helm images  ## run the product: control plane + real node + the chart, all pods real (Ctrl-C stops all)
 	$(PY) hack/dev.py --dir $(CLUSTER_DIR) $(DEV_ARGS)
 
-test: setup checkov binaries helm images  ## the whole suite: unit, e2e and integration (starts its own plane and real node)
+test: setup checkov binaries helm images kstatus  ## the whole suite: unit, e2e and integration (starts its own plane and real node)
 	hack/run-pytest.sh $(PYTEST_ARGS)
 
-test-unit: setup checkov helm  ## pure-function tests, no cluster
+test-unit: setup checkov helm kstatus  ## pure-function tests, no cluster
 	hack/run-pytest.sh -m unit $(PYTEST_ARGS)
 
-test-integration: setup binaries helm images  ## tests against a real kube-apiserver and real pods
+test-integration: setup binaries helm images kstatus  ## tests against a real kube-apiserver and real pods
 	hack/run-pytest.sh -m integration $(PYTEST_ARGS)
 
 test-e2e: setup binaries helm images  ## the chart installed on the real node, walked end to end
 	hack/run-pytest.sh -m e2e $(PYTEST_ARGS)
 
-test-flaky: setup binaries helm images  ## N runs (default 3) under CPU load, failure rate per test (PYTEST_ARGS default: -m integration)
+test-flaky: setup binaries helm images kstatus  ## N runs (default 3) under CPU load, failure rate per test (PYTEST_ARGS default: -m integration)
 	$(PY) hack/test_flaky.py -n $(or $(N),3) $(PYTEST_ARGS)
 
 lint: setup  ## ruff

@@ -95,7 +95,10 @@ class NetworkPeer(KModel):
 class Condition(KModel):
     """A status condition in the Kubernetes shape."""
 
-    type: str = Field(description="Ready, Progressing or Degraded.")
+    type: str = Field(
+        description="Ready, Progressing, Degraded, Reconciling (work in progress) or Stalled (a failure "
+        "only a spec change can fix), as the kstatus conventions (Flux, Argo CD health checks) read them."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field("", description="Human-readable detail.")
@@ -103,6 +106,17 @@ class Condition(KModel):
     observed_generation: int | None = Field(
         None, description="The .metadata.generation this was computed for."
     )
+
+
+# A resource no operator has looked at yet reads as `status: {observedGeneration: 0}` (the apiserver
+# applies the default whenever it reads the object), so kstatus (Flux, Argo-style checks) sees it
+# InProgress rather than Current in the moment between `kubectl apply` and the first reconcile.
+UNOBSERVED_STATUS = {"observedGeneration": 0}
+
+
+def status_field():
+    """The `status` field of a resource model, defaulted to UNOBSERVED_STATUS in the CRD."""
+    return Field(None, json_schema_extra={"default": UNOBSERVED_STATUS})
 
 
 class PrinterColumn(KModel):

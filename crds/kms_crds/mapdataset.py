@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta
+from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta, status_field
 
 Keyword = Annotated[str, Field(min_length=1, max_length=100, pattern=SAFE_TEXT)]
 
@@ -224,8 +224,14 @@ class SeededTiles(KModel):
 
 
 class MapDatasetStatus(KModel):
-    conditions: list[Condition] | None = Field(None, description="Ready, Progressing, Degraded.")
-    observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Ready, Progressing, Degraded, Reconciling, Stalled (True, with the reason, when the "
+        "source is missing, unreadable or not allowed: fixed only by a spec change).",
+    )
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation last reconciled (behind it: work in progress)."
+    )
     extent: Extent | None = Field(None, description="Extent read from the data, in its own CRS.")
     wgs84_bbox: list[float] | None = Field(
         None, min_length=4, max_length=4, description="Extent in EPSG:4326: minlon, minlat, maxlon, maxlat."
@@ -255,7 +261,7 @@ class MapDataset(Resource):
     """A raster or vector source and how it is styled and served."""
 
     spec: MapDatasetSpec
-    status: MapDatasetStatus | None = None
+    status: MapDatasetStatus | None = status_field()
 
     crd = ResourceMeta(
         kind="MapDataset",

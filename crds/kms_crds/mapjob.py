@@ -9,7 +9,16 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, model_validator
 
-from .common import SAFE_TEXT, Condition, KModel, PrinterColumn, Resource, ResourceMeta, Resources
+from .common import (
+    SAFE_TEXT,
+    Condition,
+    KModel,
+    PrinterColumn,
+    Resource,
+    ResourceMeta,
+    Resources,
+    status_field,
+)
 from .mapservice import SeedPolicy, _resources_text
 
 DEFAULT_JOB_IMAGE = "ghcr.io/kube-mapserver/kube-mapserver:0.1.0"
@@ -293,8 +302,14 @@ class Phase(StrEnum):
 
 class MapJobStatus(KModel):
     phase: Phase | None = Field(None, description="Queued, Running, Succeeded, Failed or Cancelled.")
-    conditions: list[Condition] | None = Field(None, description="Ready (finished), Progressing, Degraded.")
-    observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Ready (succeeded), Progressing, Degraded, Reconciling (queued or running), "
+        "Stalled (failed for good or cancelled).",
+    )
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation last reconciled (behind it: work in progress)."
+    )
     job_name: str | None = Field(None, description="The Kubernetes Job running this MapJob.")
     start_time: str | None = Field(None, description="When the job started.")
     completion_time: str | None = Field(None, description="When the job finished.")
@@ -315,7 +330,7 @@ class MapJob(Resource):
     """A processing job run as a Kubernetes Job."""
 
     spec: MapJobSpec
-    status: MapJobStatus | None = None
+    status: MapJobStatus | None = status_field()
 
     crd = ResourceMeta(
         kind="MapJob",

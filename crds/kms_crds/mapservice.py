@@ -17,6 +17,7 @@ from .common import (
     Resource,
     ResourceMeta,
     Resources,
+    status_field,
 )
 
 # Our own MapServer 8 image (Debian's MapServer behind Apache + mod_fcgid, uid 33, port 8080);
@@ -339,8 +340,15 @@ class TileCacheStatus(KModel):
 
 
 class MapServiceStatus(KModel):
-    conditions: list[Condition] | None = Field(None, description="Ready, Progressing, Degraded.")
-    observed_generation: int | None = Field(None, description="Generation of the spec last reconciled.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Ready, Progressing, Degraded, Reconciling (rollout in progress), Stalled (True "
+        "when MapServer cannot load the mapfile, the rollout passed its deadline or the children "
+        "cannot be applied).",
+    )
+    observed_generation: int | None = Field(
+        None, description="The metadata.generation last reconciled (behind it: work in progress)."
+    )
     replicas: int | None = Field(None, description="Desired replicas.")
     ready_replicas: int | None = Field(None, description="Replicas passing readiness.")
     dataset_count: int | None = Field(None, description="Datasets in the mapfile.")
@@ -358,7 +366,7 @@ class MapService(Resource):
     """A MapServer deployment serving the MapDatasets its selector picks."""
 
     spec: MapServiceSpec
-    status: MapServiceStatus | None = None
+    status: MapServiceStatus | None = status_field()
 
     crd = ResourceMeta(
         kind="MapService",

@@ -1,4 +1,7 @@
-"""Status conditions in the Kubernetes shape, with stable lastTransitionTime."""
+"""Status conditions in the Kubernetes shape, with stable lastTransitionTime, following the kstatus
+conventions (sigs.k8s.io/cli-utils/pkg/kstatus, what Flux and Argo-style health checks compute):
+work in progress is `Reconciling=True`, a failure that needs a change to go away is `Stalled=True`,
+done is `Ready=True` with both False, and `status.observedGeneration` tells which spec was seen."""
 
 from __future__ import annotations
 
@@ -14,6 +17,56 @@ def condition(type_: str, ok: bool | None, reason: str, message: str, generation
         "message": message,
         "observedGeneration": generation,
     }
+
+
+Problem = tuple[str, str]  # (CamelCase reason, message)
+TYPES = ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
+
+
+def status_conditions(
+    generation: int | None,
+    *,
+    ready: bool | None,
+    reason: str,
+    message: str = "",
+    reconciling: str | None = None,
+    stalled: Problem | None = None,
+    degraded: Problem | None = None,
+    settled: str = "AsExpected",
+) -> list[dict]:
+    """The whole condition set of a resource, in the order of TYPES.
+
+    `ready`/`reason`/`message` make the Ready condition. `reconciling` is the reason of work still
+    in progress (Reconciling and Progressing True); `stalled` a failure retrying cannot fix (Stalled
+    and Degraded True; it wins over `reconciling`); `degraded` a partial problem that leaves the
+    resource working (Degraded True only); `settled` the Progressing reason once nothing is in
+    progress. A resource that is not Ready is either in progress or stalled: without either, it
+    counts as in progress with the Ready reason (kstatus would report it InProgress anyway)."""
+    if stalled is not None:
+        reconciling = None
+    elif not ready and reconciling is None:
+        reconciling = reason
+    busy = reconciling is not None
+    problem = stalled or degraded
+    return [
+        condition("Ready", ready, reason, message, generation),
+        condition("Progressing", busy, reconciling or (stalled[0] if stalled else settled), "", generation),
+        condition(
+            "Degraded",
+            problem is not None,
+            problem[0] if problem else "AsExpected",
+            problem[1] if problem else "",
+            generation,
+        ),
+        condition("Reconciling", busy, reconciling or "AsExpected", message if busy else "", generation),
+        condition(
+            "Stalled",
+            stalled is not None,
+            stalled[0] if stalled else "AsExpected",
+            stalled[1] if stalled else "",
+            generation,
+        ),
+    ]
 
 
 def merge_conditions(old: list[dict] | None, new: list[dict]) -> list[dict]:

@@ -15,7 +15,7 @@ from kms_crds import API_VERSION
 from kms_crds.mapjob import MapJobSpec
 
 from .cache_jobs import CacheJobError, resolve_cache_job
-from .conditions import condition, merge_conditions, status_changed
+from .conditions import merge_conditions, status_changed, status_conditions
 from .job_progress import describe, read_progress
 from .kube import now_rfc3339
 from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_labels, job_name
@@ -24,6 +24,7 @@ from .network_policies import build_job_policy
 
 log = logging.getLogger("kms_operator.jobs")
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
+STALLED_REASONS = {"Failed": "JobFailed", "Cancelled": "JobCancelled"}
 FILE_JOBS = {"nc-to-geotiff", "cog-convert", "merge-terrain"}
 CACHE_JOBS = {"cache-seed", "cache-purge"}
 JOB_FIELD_MANAGER = "kube-mapserver-jobs"
@@ -142,6 +143,8 @@ class MapJobs:
                     gen,
                     event=("Warning", "CancelIgnored"),
                 )
+            else:  # a finished job runs no new spec: seen, unchanged (conditions of older versions updated)
+                await self._write(body, old, {}, gen)
             return
         job = await op.call(op.kube.get, "batch/v1", "Job", ns, jname)
         if spec.cancel:
@@ -245,23 +248,18 @@ class MapJobs:
         status = {**new, "observedGeneration": gen}
         phase = status.get("phase", old.get("phase"))
         finished = phase in TERMINAL
-        conds = [
-            condition(
-                "Ready",
-                finished and phase == "Succeeded" if finished else None,
-                phase or "Pending",
-                status.get("message", ""),
-                gen,
-            ),
-            condition("Progressing", not finished, phase or "Pending", "", gen),
-            condition(
-                "Degraded",
-                phase == "Failed",
-                "JobFailed" if phase == "Failed" else "AsExpected",
-                status.get("message", "") if phase == "Failed" else "",
-                gen,
-            ),
-        ]
+        message = status.get("message", old.get("message")) or ""
+        conds = status_conditions(
+            gen,
+            ready=(phase == "Succeeded") if finished else None,
+            reason=phase or "Pending",
+            message=message,
+            reconciling=None if finished else (phase or "Pending"),
+            # failed for good (the Job's retries are used up, or its input is wrong) or cancelled:
+            # only a new MapJob runs it again
+            stalled=(STALLED_REASONS[phase], message) if phase in STALLED_REASONS else None,
+            settled=phase or "Pending",
+        )
         status["conditions"] = merge_conditions(old.get("conditions"), conds)
         status = {k: v for k, v in status.items() if v is not None or k in old}
         if not status_changed(old, status):

@@ -22,8 +22,8 @@ from kms_crds.common import LabelSelector
 from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus
 from kms_crds.mapservice import MapServiceSpec
 
-from . import builders, tilecache
-from .conditions import condition, get_condition, merge_conditions, status_changed
+from . import builders, rollout, tilecache
+from .conditions import Problem, get_condition, merge_conditions, status_changed, status_conditions
 from .inspect_source import InspectError, inspect_source
 from .kube import ApiError, Kube
 from .mapfile import DatasetInput, LayerRef, build_config, build_mapfile, epsg, layer_name, mapfile_hash
@@ -50,6 +50,7 @@ RENDER_STATUS_FIELDS = (
     "sourceLayer",
 )
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
+ROLLOUT_POLL = 5.0  # seconds between looks at a MapServer rollout in progress (for a failing mapfile check)
 # GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
 GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
 # API calls of service reconciles get their own threads: during a bulk apply thousands of dataset
@@ -350,6 +351,7 @@ class Operator:
     # mapfile, servedBy checks): paces its queue
     service_cost: dict[Key, float] = field(default_factory=dict)
     background: list[asyncio.Task] = field(default_factory=list)  # housekeeping tasks
+    rollout_polls: dict[Key, asyncio.TimerHandle] = field(default_factory=dict)  # services rolling out
 
     def __post_init__(self) -> None:
         delay = self.settings.debounce_seconds
@@ -410,12 +412,9 @@ class Operator:
             else:
                 problem = value
         status: dict = {"observedGeneration": gen}
-        if problem:
+        if problem:  # (inspections are kept per generation: only a spec change retries)
             reason, message = problem
-            conds = [
-                condition("Ready", False, reason, message, gen),
-                condition("Degraded", True, reason, message, gen),
-            ]
+            conds = status_conditions(gen, ready=False, reason=reason, message=message, stalled=problem)
         else:
             status.update(
                 MapDatasetStatus(
@@ -429,10 +428,9 @@ class Operator:
                     layer_name=layer_name(spec.identifier),
                 ).wire()
             )
-            conds = [
-                condition("Ready", True, "SourceValid", "source found and readable", gen),
-                condition("Degraded", False, "AsExpected", "", gen),
-            ]
+            conds = status_conditions(
+                gen, ready=True, reason="SourceValid", message="source found and readable"
+            )
         status.update(
             self._served_status(
                 ns, name, dict(meta.get("labels") or {}), not problem, body["spec"], {**old, **status}
@@ -755,23 +753,21 @@ class Operator:
             and ready_replicas >= want_replicas
             and dstatus.get("replicas", 0) == want_replicas
         )
-        conds = [
-            condition(
-                "Ready",
-                rolled,
-                "Available" if rolled else "RolloutInProgress",
-                f"{ready_replicas}/{want_replicas} replicas ready, {len(datasets)} datasets served",
-                gen,
-            ),
-            condition("Progressing", not rolled, "RollingOut" if not rolled else "RolloutComplete", "", gen),
-            condition(
-                "Degraded",
-                bool(excluded),
-                "DatasetsExcluded" if excluded else "AsExpected",
-                ("left out: " + ", ".join(excluded))[:1000] if excluded else "",
-                gen,
-            ),
-        ]
+        serving = f"{ready_replicas}/{want_replicas} replicas ready, {len(datasets)} datasets served"
+        stall = None if rolled else await self._rollout_stall(ns, name, digest, deploy)
+        left_out = ("left out: " + ", ".join(excluded))[:1000] if excluded else ""
+        conds = status_conditions(
+            gen,
+            ready=rolled,
+            reason="Available" if rolled else (stall[0] if stall else "RolloutInProgress"),
+            message=stall[1] if stall else serving,
+            reconciling=None if rolled else "RollingOut",
+            stalled=stall,
+            degraded=("DatasetsExcluded", left_out) if excluded else None,
+            settled="RolloutComplete",
+        )
+        if not rolled and not stall:
+            self._poll_rollout(ns, name)  # (a failing mapfile check changes no Deployment status)
         status = {
             "observedGeneration": gen,
             "replicas": want_replicas,
@@ -798,9 +794,9 @@ class Operator:
         if status_changed(old_status, status):
             await self.call(self.kube.patch_status, API_VERSION, "MapService", ns, name, status)
             if excluded and excluded != old_status.get("excluded"):
-                await self.call(
-                    self.kube.event, ref, "Warning", "DatasetsExcluded", status["conditions"][2]["message"]
-                )
+                await self.call(self.kube.event, ref, "Warning", "DatasetsExcluded", left_out)
+            if stall and not _same_problem(old_status, stall):
+                await self.call(self.kube.event, ref, "Warning", *stall)
             was = get_condition(old_status, "Ready")
             if rolled and (not was or was.get("status") != "True"):
                 await self.call(self.kube.event, ref, "Normal", "Ready", conds[0]["message"])
@@ -813,6 +809,27 @@ class Operator:
         )
         self.service_cost[(ns, name)] = cost + time.thread_time() - t0
         SERVICE_PASSES.labels(namespace=ns, service=name).inc()  # (servedBy fixes are queued by now)
+
+    async def _rollout_stall(self, ns: str, name: str, digest: str, deploy: dict) -> Problem | None:
+        """Why the MapServer rollout of this mapfile cannot finish, if it cannot (rollout.py)."""
+        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=mapserver"
+        failed = rollout.failed_check(await self.call(self.kube.list, "v1", "Pod", ns, selector), digest)
+        if failed:
+            log_text = await self.call(rollout.check_log, self.kube, ns, failed[0])
+            return rollout.load_failure(failed[0], failed[1], log_text)
+        return rollout.deadline_exceeded(deploy)
+
+    def _poll_rollout(self, ns: str, name: str) -> None:
+        """Look at the service again in a while: a rollout in progress may stall without any event."""
+        key = (ns, name)
+        if key in self.rollout_polls:
+            return
+
+        def fire() -> None:
+            self.rollout_polls.pop(key, None)
+            self.service_queue.request(key)
+
+        self.rollout_polls[key] = asyncio.get_running_loop().call_later(ROLLOUT_POLL, fire)
 
     async def _reconcile_tile_cache(
         self,
@@ -982,11 +999,9 @@ class Operator:
         gen = meta.get("generation")
         old = dict(body.get("status") or {})
         message = str(error)[:1000]
-        conds = [
-            condition("Ready", False, "ApplyFailed", message, gen),
-            condition("Progressing", False, "ApplyFailed", "", gen),
-            condition("Degraded", True, "ApplyFailed", message, gen),
-        ]
+        conds = status_conditions(
+            gen, ready=False, reason="ApplyFailed", message=message, stalled=("ApplyFailed", message)
+        )
         status = {"observedGeneration": gen, "conditions": merge_conditions(old.get("conditions"), conds)}
         if status_changed(old, status):
             await self.call(
@@ -1057,6 +1072,9 @@ class Operator:
         """Drop what is kept in memory for a released service (its render cache holds the mapfile)."""
         for table in (self.rendered, self.pending_since, self.service_cost, self.locks):
             table.pop((ns, name), None)
+        poll = self.rollout_polls.pop((ns, name), None)
+        if poll is not None:
+            poll.cancel()
 
 
 def _config_map_of(deployment: dict | None) -> str | None:
@@ -1067,6 +1085,11 @@ def _config_map_of(deployment: dict | None) -> str | None:
         if v.get("name") == "config" and v.get("configMap"):
             return v["configMap"]["name"]
     return None
+
+
+def _same_problem(status: Mapping, problem: Problem) -> bool:
+    stalled = get_condition(status, "Stalled") or {}
+    return stalled.get("status") == "True" and (stalled.get("reason"), stalled.get("message")) == problem
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

@@ -30,8 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = install.NAMESPACE
 
 
-class Stop(Exception):
-    """A stop signal arrived (SIGINT, SIGTERM, SIGHUP)."""
+class Stop(BaseException):
+    """A stop signal arrived (SIGINT, SIGTERM, SIGHUP). A BaseException, like KeyboardInterrupt:
+    the `except Exception` of a wait loop in the start-up must not swallow it (the signal handler
+    ignores further signals, so a swallowed stop would never come again)."""
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

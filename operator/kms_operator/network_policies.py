@@ -33,17 +33,15 @@ WEB = [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 443}]
 
 
 def _policy(meta: dict, pods: dict[str, str], ingress: list[dict], egress: list[dict]) -> dict:
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": meta,
-        "spec": {
-            "podSelector": {"matchLabels": pods},
-            "policyTypes": ["Ingress", "Egress"],
-            "ingress": ingress,
-            "egress": egress,
-        },
-    }
+    """Both policy types are listed, so an absent rule list allows nothing in that direction. Empty
+    lists are left out, as the apiserver stores them: a desired `[]` would never match the live
+    object, and every pass would apply it again."""
+    spec: dict = {"podSelector": {"matchLabels": pods}, "policyTypes": ["Ingress", "Egress"]}
+    if ingress:
+        spec["ingress"] = ingress
+    if egress:
+        spec["egress"] = egress
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta, "spec": spec}
 
 
 def _port_rule(spec: MapServiceSpec, also: list[dict] | None = None) -> dict:

@@ -17,6 +17,7 @@ from tests.helpers import (
     FAST_PROBES,
     create_cr,
     get_cr,
+    hack_module,
     make_data_volume,
     patch_cr,
     wait_condition,
@@ -140,26 +141,18 @@ def test_a_job_pod_gets_a_policy_owned_by_its_mapjob(cluster, ns):
 
 
 def test_kubectl_explain_documents_the_defaults(cluster, crds):
-    kubectl = str(cluster_kubectl())
-    out = subprocess.run(
-        [kubectl, f"--kubeconfig={cluster.kubeconfig}", "explain", "mapservices.spec.resources"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    kubectl = str(hack_module("cluster").binaries()["kubectl"])
+
+    def explain(field: str) -> str:
+        return subprocess.run(
+            [kubectl, f"--kubeconfig={cluster.kubeconfig}", "explain", field],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+
+    out = explain("mapservices.spec.resources")
     assert "requests cpu 50m" in " ".join(out.split()), out
-    out = subprocess.run(
-        [kubectl, f"--kubeconfig={cluster.kubeconfig}", "explain", "mapservices.spec.networkPolicy"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    out = explain("mapservices.spec.networkPolicy")
     assert "allowFrom" in out and "enabled" in out, out
-
-
-def cluster_kubectl():
-    from tests.helpers import hack_module
-
-    return hack_module("cluster").binaries()["kubectl"]

@@ -290,7 +290,7 @@ def test_rgb_and_url_source() -> None:
     assert lay.numclasses == 0
     assert lay.getProcessing(0) == "BANDS=1,2,3"
     assert lay.compositer.opacity == 80
-    assert "init=epsg:32632" in lay.getProjection()
+    assert "EPSG:32632" in lay.getProjection()
     assert "EPSG:32632" in m.web.metadata.get("wms_srs").split()
     assert "EPSG:32632" in lay.metadata.get("ows_srs").split()
 

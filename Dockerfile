@@ -36,7 +36,6 @@ COPY crds/kms_crds /src/crds/kms_crds
 COPY operator /src/operator
 COPY jobs /src/jobs
 COPY api /src/api
-COPY tiles /src/tiles
 # the project as a wheel (setuptools lives only in pip's isolated build env, not in the venv)
 RUN /opt/kube-mapserver/bin/pip wheel --no-deps -w /tmp/wheels . \
  && /opt/kube-mapserver/bin/pip install --no-deps /tmp/wheels/*.whl
@@ -45,13 +44,13 @@ RUN /opt/kube-mapserver/bin/pip wheel --no-deps -w /tmp/wheels . \
 FROM ${DEBIAN_IMAGE}
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="kube-mapserver" \
-      org.opencontainers.image.description="kube-mapserver operator, API facade, job runner and tile server" \
+      org.opencontainers.image.description="kube-mapserver operator, API facade and job runner" \
       org.opencontainers.image.source="https://github.com/kube-mapserver/kube-mapserver" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}"
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates mapcache-cgi mapcache-tools \
+ && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates mapcache-tools \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && update-ca-certificates --fresh --localcertsdir /nonexistent >/dev/null \
  && groupadd --gid 10001 kms \
@@ -67,7 +66,7 @@ ENV PATH=/opt/kube-mapserver/bin:$PATH \
     CPL_TMPDIR=/tmp \
     KMS_DATA_ROOT=/data
 # Validation: every entry point imports, GDAL is there, mapscript is not (MapServer pods bring it).
-RUN python -c "import kms_operator.handlers, kms_jobs.cli, kms_crds, kms_api, kms_tiles.server; from osgeo import gdal; print('GDAL', gdal.__version__)" \
+RUN python -c "import kms_operator.handlers, kms_jobs.cli, kms_crds, kms_api; from osgeo import gdal; print('GDAL', gdal.__version__)" \
  && kube-mapserver-job --help >/dev/null \
  && ! python -c "import mapscript" 2>/dev/null \
  && ! command -v gcc >/dev/null && ! command -v cc >/dev/null && ! command -v make >/dev/null

@@ -1,5 +1,6 @@
-"""The tile cache for real: MapCache FastCGI workers (kms_tiles) in front of a real mapserv CGI WMS, the
-cache-seed / cache-purge jobs running the real mapcache_seed. No cluster, no mocks."""
+"""The tile cache for real: the operator's kind of MapCache config served by Debian's mapcache (CGI,
+the program Apache's mod_mapcache embeds in the tile-cache pods) in front of a real mapserv CGI WMS,
+and the cache-seed / cache-purge jobs running the real mapcache_seed. No cluster, no mocks."""
 
 from __future__ import annotations
 
@@ -7,16 +8,10 @@ import contextlib
 import http.client
 import json
 import os
-import queue
-import select
-import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,10 +25,7 @@ from kms_crds.tilegrids import GRIDS, tile_count
 from kms_jobs import cli
 from kms_jobs.result import MAX_RESULT_BYTES
 from kms_jobs.tilecache import rewrite_cache_root
-from kms_tiles import fastcgi
-from kms_tiles.pool import MapCachePool
-from kms_tiles.server import Resolver, TileServer, make_handler, single_pool
-from tests.helpers import require_tool, wait_until
+from tests.helpers import require_tool
 
 gdal.UseExceptions()
 
@@ -51,7 +43,7 @@ def _tools() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers (bench/tiles_bench.py uses them too)
+# helpers
 
 
 def write_raster(path: Path, bounds: tuple[float, float, float, float] = (-180, -90, 180, 90)) -> Path:
@@ -71,63 +63,63 @@ def write_raster(path: Path, bounds: tuple[float, float, float, float] = (-180, 
     return path
 
 
-class MapServerWMS:
-    """mapserv run as a CGI per request behind a loopback HTTP server on a free port; counts requests."""
+def parse_cgi(out: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    """A CGI program's output: (status, headers, body)."""
+    sep = min((i, n) for i, n in ((out.find(b"\r\n\r\n"), 4), (out.find(b"\n\n"), 2)) if i >= 0)
+    status, headers = 200, []
+    for line in out[: sep[0]].decode("latin-1").splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.split()[0])
+        else:
+            headers.append((name, value.strip()))
+    return status, headers, out[sep[0] + sep[1] :]
 
-    def __init__(self, workdir: Path, raster: Path):
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.mapfile = workdir / "r.map"
-        self.config = workdir / "ms.conf"
+
+class CGIServer:
+    """A CGI program (Debian's mapserv or mapcache) run once per request behind a loopback HTTP
+    server on a free port, as Apache runs it; counts requests. `env` is added to each request's."""
+
+    def __init__(self, program: str, env: dict[str, str]):
+        self.program, self.env = program, env
         self.count = 0
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.mapfile.write_text(
-            f"""MAP
-  EXTENT -180 -90 180 90
-  SIZE 256 256
-  PROJECTION "init=epsg:4326" END
-  WEB METADATA "wms_enable_request" "*" "wms_srs" "EPSG:4326 EPSG:3857" "wms_title" "t"
-    "wms_onlineresource" "{self.url}" END END
-  OUTPUTFORMAT NAME "png" DRIVER AGG/PNG MIMETYPE "image/png" IMAGEMODE RGBA EXTENSION "png" END
-  LAYER NAME "r" TYPE RASTER STATUS ON DATA "{raster}" PROJECTION "init=epsg:4326" END END
-END
-"""
-        )
-        self.config.write_text(f'CONFIG\n  ENV\n    MS_MAP_PATTERN "^{workdir}/"\n  END\nEND\n')
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05})
         self.thread.daemon = True
         self.thread.start()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
-        wms = self
+        cgi = self
 
         class Handler(BaseHTTPRequestHandler):
-            disable_nagle_algorithm = True
-
             def do_GET(self) -> None:
-                with wms._lock:
-                    wms.count += 1
+                with cgi._lock:
+                    cgi.count += 1
+                url = urlsplit(self.path)
                 env = {
                     "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                    "MS_MAPFILE": str(wms.mapfile),
-                    "MAPSERVER_CONFIG_FILE": str(wms.config),
                     "REQUEST_METHOD": "GET",
-                    "QUERY_STRING": urlsplit(self.path).query,
+                    "PATH_INFO": url.path,
+                    "SCRIPT_NAME": "",
+                    "QUERY_STRING": url.query,
                     "SERVER_NAME": "127.0.0.1",
-                    "SERVER_PORT": str(wms.server.server_address[1]),
+                    "SERVER_PORT": str(cgi.server.server_address[1]),
                     "GATEWAY_INTERFACE": "CGI/1.1",
+                    **{f"HTTP_{k.upper().replace('-', '_')}": v for k, v in self.headers.items()},
+                    **cgi.env,
                 }
-                out = subprocess.run([MAPSERV], env=env, stdin=subprocess.DEVNULL, capture_output=True).stdout
-                resp = fastcgi.parse_cgi_response(out)
-                self.send_response(resp.status)
-                for k, v in resp.headers:
+                run = subprocess.run([cgi.program], env=env, stdin=subprocess.DEVNULL, capture_output=True)
+                status, headers, body = parse_cgi(run.stdout)
+                self.send_response(status)
+                for k, v in headers:
                     if k.lower() != "content-length":
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(resp.body)))
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(resp.body)
+                self.wfile.write(body)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -137,6 +129,43 @@ END
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class MapServerWMS(CGIServer):
+    """mapserv (CGI) serving one raster layer `r` as WMS."""
+
+    def __init__(self, workdir: Path, raster: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.mapfile = workdir / "r.map"
+        self.config = workdir / "ms.conf"
+        super().__init__(
+            MAPSERV, {"MS_MAPFILE": str(self.mapfile), "MAPSERVER_CONFIG_FILE": str(self.config)}
+        )
+        self.env["PATH_INFO"] = ""  # mapserv would take a path's first segment as a MAPS alias
+        self.mapfile.write_text(
+            f"""MAP
+  EXTENT -180 -90 180 90
+  SIZE 256 256
+  PROJECTION "init=epsg:4326" END
+  WEB METADATA "wms_enable_request" "*" "wms_srs" "EPSG:4326 EPSG:3857" "wms_title" "t"
+    "wms_onlineresource" "{self.url}" END END
+  OUTPUTFORMAT NAME "png" DRIVER AGG/PNG MIMETYPE "image/png" IMAGEMODE RGBA EXTENSION "png" END
+  LAYER NAME "r" TYPE RASTER STATUS ON DATA "{raster}" PROJECTION "EPSG:4326" END END
+END
+"""
+        )
+        self.config.write_text(f'CONFIG\n  ENV\n    MS_MAP_PATTERN "^{workdir}/"\n  END\nEND\n')
+
+
+@contextlib.contextmanager
+def mapcache(config: Path) -> Iterator[CGIServer]:
+    """Debian's mapcache binary serving `config` (run as CGI per request: the same program that
+    Apache's mod_mapcache embeds in the tile-cache pods)."""
+    server = CGIServer(MAPCACHE, {"MAPCACHE_CONFIG_FILE": str(config)})
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def mapcache_xml(
@@ -180,33 +209,6 @@ def write_config(path: Path, xml: str, cache_root: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def tile_server(
-    resolve: Resolver,
-    health: Callable[[], bool] | None = None,
-    on_connection: Callable[[socket.socket], None] | None = None,
-) -> Iterator[str]:
-    """make_handler(resolve) on a free loopback port in a thread; yields its base URL.
-    `on_connection(sock)` sees each accepted connection once the handler has set it up."""
-    served = make_handler(resolve, health, access_log=False)
-
-    class Handler(served):  # type: ignore[misc, valid-type]
-        def handle(self) -> None:
-            if on_connection is not None:
-                on_connection(self.connection)
-            super().handle()
-
-    server = TileServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 def get(
     url: str, headers: dict[str, str] | None = None, method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes]:
@@ -218,34 +220,6 @@ def get(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_exited(pids: list[int], timeout: float) -> list[int]:
-    """Block until each process has exited (a pidfd turns readable then: no polling, no sleep);
-    return those still running after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    running = []
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue  # gone already
-        try:
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000) and alive(pid):
-                running.append(pid)
-        finally:
-            os.close(fd)
-    return running
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,27 +274,6 @@ def job(tmp_path: Path, cache_root: Path, capsys: pytest.CaptureFixture[str]) ->
 # FastCGI client
 
 
-def test_fastcgi_params_encoding_with_long_names_and_values():
-    params = {"A": "1", "N" * 200: "v", "LONG": "x" * 70000, "EMPTY": "", "UTF": "äö€"}
-    data = fastcgi.encode_params(params)
-    assert data[:2] == b"\x01\x01"  # short lengths: one byte each
-    assert fastcgi.decode_params(data) == params
-    assert fastcgi.encode_params({"N" * 200: ""})[:4] == b"\x80\x00\x00\xc8"  # 4 bytes, high bit set
-    stream = fastcgi.stream(fastcgi.PARAMS, 1, data)  # > 65535 bytes: split into records, then the end
-    assert stream.endswith(fastcgi.record(fastcgi.PARAMS, 1))
-    assert len(fastcgi.record(fastcgi.STDOUT, 1, b"abc")) == 16  # 8-byte header + content padded to 8
-
-
-def test_cgi_response_parsing():
-    r = fastcgi.parse_cgi_response(b"Content-Type: text/plain\nStatus: 404 Not Found\n\nbody\n\nmore")
-    assert (r.status, r.headers, r.body) == (404, [("Content-Type", "text/plain")], b"body\n\nmore")
-    assert fastcgi.parse_cgi_response(b"Location: /x\r\n\r\n").status == 302
-    assert fastcgi.parse_cgi_response(b"Content-Type: a/b\r\n\r\n\r\n\n").body == b"\r\n\n"
-    for bad in (b"no blank line", b"Status: abc\r\n\r\n", b": x\r\n\r\n"):
-        with pytest.raises(fastcgi.FastCGIError):
-            fastcgi.parse_cgi_response(bad)
-
-
 # ---------------------------------------------------------------------------------------------
 # serving: pool + HTTP server
 
@@ -328,19 +281,13 @@ def test_cgi_response_parsing():
 def test_tiles_via_tms_xyz_and_wmts_are_cached(
     wms: MapServerWMS, tmp_path: Path, cache_root: Path, locks: Path
 ):
+    """The operator's kind of MapCache config, served by MapCache itself: one rendering per tile,
+    the same tile under TMS, XYZ and WMTS, HTTP caching, and errors for unknown tilesets and tiles."""
     config = write_config(
         tmp_path / "mc.xml", mapcache_xml("svc", wms.url, {"ds": ("disk", "v1")}, locks), cache_root
     )
-    nodelay: list[int] = []  # TCP_NODELAY of each connection the server accepted
-
-    def accepted(sock: socket.socket) -> None:
-        nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-
-    with (
-        MapCachePool(str(config), workers=2) as pool,
-        tile_server(single_pool(pool), pool.healthy, on_connection=accepted) as url,
-    ):
-        assert get(url + "/healthz")[0] == 200
+    with mapcache(config) as server:
+        url = server.url.rstrip("/")
         before = wms.count
         status, headers, tms = get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/2/1/2.png")
         assert status == 200 and headers["content-type"] == "image/png" and tms.startswith(b"\x89PNG")
@@ -356,77 +303,13 @@ def test_tiles_via_tms_xyz_and_wmts_are_cached(
         assert wms.count == before + 1
         other = get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/2/1/1.png")[2]
         assert other != tms and wms.count == before + 2  # a different tile is rendered
-        status, headers, body = get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/2/1/2.png", method="HEAD")
-        assert status == 200 and body == b"" and int(headers["content-length"]) == len(tms)
         last_modified = get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/2/1/2.png")[1]["last-modified"]
         hdr = {"If-Modified-Since": last_modified}
         assert get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/2/1/2.png", hdr)[0] == 304
         assert get(url + "/tms/1.0.0/nope@GoogleMapsCompatible/2/1/2.png")[0] == 400
         assert get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/2/9/2.png")[0] == 404
-        assert get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/2/1/2.png", method="POST")[0] == 405
         # the tile is on disk under the dataset's version directory
         assert list((cache_root / "svc" / "ds" / "v1").rglob("*.png"))
-        # many concurrent clients
-        paths = [f"/tms/1.0.0/ds@GoogleMapsCompatible/3/{x}/{y}.png" for x in range(8) for y in range(4)] * 2
-        with ThreadPoolExecutor(16) as ex:
-            statuses = list(ex.map(lambda p: get(url + p)[0], paths))
-        assert statuses == [200] * len(paths)
-        assert pool.requests >= len(paths) + 10 and pool.errors == 0
-        # many tiles on one keep-alive connection: one connection accepted for all of them
-        accepted_before = len(nodelay)
-        conn = http.client.HTTPConnection("127.0.0.1", urlsplit(url).port, timeout=30)
-        for _ in range(15):
-            conn.request("GET", "/tms/1.0.0/ds@GoogleMapsCompatible/2/1/2.png")
-            resp = conn.getresponse()
-            assert resp.read() == tms and not resp.will_close
-        conn.close()
-        assert len(nodelay) == accepted_before + 1
-        # the server writes headers and body separately: with Nagle's algorithm on, the body would
-        # wait for the client's delayed ACK of the headers (~40 ms per tile). Every connection it
-        # accepted has TCP_NODELAY set (the latency itself is a row of bench/tiles_bench.py).
-        assert nodelay and all(nodelay), nodelay
-
-
-def test_routing_by_service_prefix_sets_script_name(
-    wms: MapServerWMS, tmp_path: Path, cache_root: Path, locks: Path
-):
-    """A multi-service front (as hack/local_tilecache.py): /<namespace>/<service>/... -> that pool."""
-    config = write_config(
-        tmp_path / "mc.xml", mapcache_xml("svc", wms.url, {"ds": ("disk", "v1")}, locks), cache_root
-    )
-    with MapCachePool(str(config), workers=1) as pool:
-        pools = {("default", "svc"): pool}
-
-        def resolve(path: str) -> tuple[MapCachePool, str, str] | None:
-            _, ns, svc, *rest = [*path.split("/", 3), ""][:4]
-            p = pools.get((ns, svc))
-            return (p, f"/{ns}/{svc}", "/" + (rest[0] if rest else "")) if p else None
-
-        with tile_server(resolve) as url:
-            status, _, caps = get(f"{url}/default/svc/wmts?SERVICE=WMTS&REQUEST=GetCapabilities")
-            assert status == 200
-            port = urlsplit(url).port
-            assert f"http://127.0.0.1:{port}/default/svc/wmts/1.0.0/ds/default/".encode() in caps
-            _, _, caps = get(
-                f"{url}/default/svc/wmts?SERVICE=WMTS&REQUEST=GetCapabilities",
-                {"Host": "maps.example.org", "X-Forwarded-Proto": "https"},
-            )
-            assert b"https://maps.example.org/default/svc/wmts/1.0.0/ds/default/" in caps
-            assert get(f"{url}/default/svc/tms/1.0.0/ds@GoogleMapsCompatible/0/0/0.png")[0] == 200
-            assert get(f"{url}/default/other/tms/1.0.0/ds@GoogleMapsCompatible/0/0/0.png")[0] == 404
-            assert get(f"{url}/healthz")[0] == 404  # no health callable: routed like any path
-
-
-def test_long_params_reach_mapcache(wms: MapServerWMS, tmp_path: Path, cache_root: Path, locks: Path):
-    config = write_config(
-        tmp_path / "mc.xml", mapcache_xml("svc", wms.url, {"ds": ("disk", "v1")}, locks), cache_root
-    )
-    with MapCachePool(str(config), workers=1) as pool:
-        status, _, body = pool.request(
-            "GET", "/tms/1.0.0/ds@GoogleMapsCompatible/0/0/0.png", "pad=" + "x" * 100_000,
-            {"X-" + "h" * 300: "y" * 1000}, "", "localhost", 80,
-        )  # fmt: skip
-        assert status == 200 and body.startswith(b"\x89PNG")
 
 
 def test_sqlite_cache_serves_and_seeds(
@@ -441,7 +324,8 @@ def test_sqlite_cache_serves_and_seeds(
     db = cache_root / "svc" / "sq" / "v3.sqlite3"
     assert db.is_file()
     config = write_config(tmp_path / "mc.xml", xml, cache_root)
-    with MapCachePool(str(config), workers=1) as pool, tile_server(single_pool(pool)) as url:
+    with mapcache(config) as server:
+        url = server.url.rstrip("/")
         before = wms.count
         assert get(url + "/gmaps/sq@GoogleMapsCompatible/1/1/0.png")[0] == 200  # seeded: no rendering
         assert wms.count == before
@@ -480,12 +364,8 @@ def test_seeded_tiles_equal_tiles_rendered_on_demand(
     seeded_cfg = write_config(tmp_path / "seeded.xml", xml, cache_root)
     fresh_cfg = write_config(tmp_path / "fresh.xml", xml, fresh)
     tiles = ["0/0/0", "1/0/1", "2/3/0", "3/2/5", "3/7/7"]
-    with (
-        MapCachePool(str(seeded_cfg), workers=1) as seeded,
-        MapCachePool(str(fresh_cfg), workers=1) as ondemand,
-        tile_server(single_pool(seeded)) as seeded_url,
-        tile_server(single_pool(ondemand)) as fresh_url,
-    ):
+    with mapcache(seeded_cfg) as seeded, mapcache(fresh_cfg) as ondemand:
+        seeded_url, fresh_url = seeded.url.rstrip("/"), ondemand.url.rstrip("/")
         before = wms.count
         from_seed = [get(f"{seeded_url}/tms/1.0.0/ds@GoogleMapsCompatible/{t}.png") for t in tiles]
         assert wms.count == before  # every seeded tile came from the cache
@@ -653,117 +533,3 @@ def test_purge_bad_names_exit_2(params: dict[str, Any], cache_root: Path, job: C
     r = job("cache-purge", params)
     assert r.code == 2 and r.result["error"].startswith("invalid params")
     assert (cache_root / "svc" / "a" / "v1" / "t.png").exists()
-
-
-# ---------------------------------------------------------------------------------------------
-# pool lifecycle
-
-
-def test_pool_restarts_a_killed_worker_and_close_leaves_nothing(
-    wms: MapServerWMS, tmp_path: Path, cache_root: Path, locks: Path
-):
-    config = write_config(
-        tmp_path / "mc.xml", mapcache_xml("svc", wms.url, {"ds": ("disk", "v1")}, locks), cache_root
-    )
-    pool = MapCachePool(str(config), workers=2)
-    try:
-        first = pool.pids
-        assert len(first) == 2 and pool.healthy()
-        os.kill(first[0], signal.SIGKILL)
-        wait_until(
-            lambda: len(pool.pids) == 2 and first[0] not in pool.pids,
-            f"worker {first[0]} replaced (workers now {pool.pids})",
-            timeout=10,
-            interval=0.02,
-        )
-        assert pool.restarts == 1 and pool.healthy()
-        status, _, _ = pool.request("GET", "/tms/1.0.0/ds@GoogleMapsCompatible/0/0/0.png")
-        assert status == 200
-        sock_dir = Path(pool.socket_path).parent
-        pids = pool.pids
-    finally:
-        pool.close()
-    assert not any(alive(p) for p in pids)
-    assert not sock_dir.exists()
-    with pytest.raises(fastcgi.FastCGIError):
-        pool.request("GET", "/tms/1.0.0/")
-    pool.close()  # idempotent
-
-
-def test_workers_die_with_a_killed_parent(tmp_path: Path, cache_root: Path, locks: Path):
-    config = write_config(
-        tmp_path / "mc.xml", mapcache_xml("svc", "http://127.0.0.1:9/", {}, locks), cache_root
-    )
-    code = (
-        "import sys, time; from kms_tiles.pool import MapCachePool; "
-        f"p = MapCachePool({str(config)!r}, workers=2); print(*p.pids, flush=True); time.sleep(60)"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    pids = [int(p) for p in proc.stdout.readline().split()]
-    assert len(pids) == 2 and all(alive(p) for p in pids)
-    proc.kill()  # no close(), no cleanup
-    proc.wait()
-    assert not wait_exited(pids, 5), "workers outlived their killed parent"
-
-
-def test_pool_with_a_broken_config_is_unhealthy(tmp_path: Path):
-    bad = tmp_path / "bad.xml"
-    bad.write_text("<mapcache><oops")
-    with MapCachePool(str(bad), workers=1) as pool:
-        assert not pool.healthy()
-        assert not pool.healthy()
-
-
-def test_server_command_serves_and_stops_on_sigterm(
-    wms: MapServerWMS, tmp_path: Path, cache_root: Path, locks: Path
-):
-    config = write_config(
-        tmp_path / "mc.xml", mapcache_xml("svc", wms.url, {"ds": ("disk", "v1")}, locks), cache_root
-    )
-    cmd = [sys.executable, "-m", "kms_tiles.server", "--config", str(config), "--host", "127.0.0.1"]
-    # port 0: the kernel picks a free port and the server logs the one it got ("listening")
-    proc = subprocess.Popen([*cmd, "--port", "0", "--workers", "2"], stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-    logged: list[str] = []
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            logged.append(line)
-            lines.put(line)
-        lines.put(None)  # EOF: the server exited
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"the server did not log 'listening' within 30 s: {''.join(logged)}")
-            assert line is not None, f"the server exited before listening: {''.join(logged)}"
-            entry = json.loads(line)
-            if entry["msg"] == "listening":
-                port = entry["port"]
-        url = f"http://127.0.0.1:{port}"
-        assert get(url + "/healthz")[0] == 200  # listening, and the pool was started before that
-        assert get(url + "/tms/1.0.0/ds@GoogleMapsCompatible/1/0/0.png")[0] == 200
-        tasks = Path(f"/proc/{proc.pid}/task").glob("*/children")
-        children = [int(p) for t in tasks for p in t.read_text().split()]
-        assert len(children) == 2
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert not any(alive(p) for p in children)
-    reader.join(10)
-    assert not reader.is_alive()
-    logs = [json.loads(line) for line in logged]
-    requests = [entry for entry in logs if entry["msg"] == "request"]
-    assert any(e["status"] == 200 and e["path"].startswith("/tms/") and "ms" in e for e in requests)
-    assert logs[-1]["msg"] == "stopped"

@@ -1,1 +1,0 @@
-"""kube-mapserver tile cache: MapCache FastCGI workers behind a small HTTP server (`kube-mapserver-tiles`)."""

@@ -201,14 +201,19 @@ def tiles(k, n: int) -> dict:
     return {"tilecache_pod_ms": summary(_timed_gets(f"http://{ip}:8080/{path}", {}, n))}
 
 
-def run(kubeconfig: Path, n: int = 100, big: int = 1000) -> dict:
+def _images() -> dict:
+    """The images manifest of this tree (built, or found in the cache by their inputs' hash)."""
+    import images
+
+    return images.build()
+
+
+def run(kubeconfig: Path, n: int = 100, big: int = 1000, manifest: dict | None = None) -> dict:
     k = install.Kubectl(kubeconfig)
     work = Path(tempfile.mkdtemp(prefix="kms-node-bench-"))
     data = work / "data"
     _load("kms_bench_samples2", REPO / "hack" / "sample_data.py").write_samples(data)
-    import images
-
-    install.install(kubeconfig, images.build(), NAMESPACE, data, work / "tile-cache",
+    install.install(kubeconfig, manifest or _images(), NAMESPACE, data, work / "tile-cache",
                     extra=["--set", f"operator.watchNamespaces={{{NAMESPACE}}}"])  # fmt: skip
     try:
         k.run("apply", "-n", NAMESPACE, "-f", str(REPO / "examples"))
@@ -229,13 +234,14 @@ def run(kubeconfig: Path, n: int = 100, big: int = 1000) -> dict:
 def standalone(n: int = 100, big: int = 1000, kubeconfig: Path | None = None) -> dict:
     """run() on `kubeconfig`, or on a plane and real node of its own (started and stopped here)."""
     node_mod = _load("kms_bench_node", REPO / "hack" / "node.py")
-    plane = node = None
+    plane = node = manifest = None
     if not kubeconfig:
+        manifest = _images()  # this tree's images, imported by the node it starts
         work = Path(tempfile.mkdtemp(prefix="kms-node-plane-"))
         plane, node = cluster_mod.Plane(work / "plane"), node_mod.Node(work / "node")
         cluster_mod.up(plane, port=None, timeout=120, real_node=True)
         try:
-            node_mod.up(node, plane)
+            node_mod.up(node, plane, manifest)
         except BaseException:
             node_mod.down(node)
             cluster_mod.down(plane)
@@ -244,7 +250,7 @@ def standalone(n: int = 100, big: int = 1000, kubeconfig: Path | None = None) ->
     try:
         for crd in sorted((REPO / "crds").glob("*.yaml")):
             install.Kubectl(kubeconfig).run("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-        return run(kubeconfig, n, big)
+        return run(kubeconfig, n, big, manifest)
     finally:
         if node:
             node_mod.down(node)

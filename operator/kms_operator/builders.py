@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import gzip
 import math
 import re
 
+from kms_crds.configmap_files import put_file, read_file
 from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
 from .labels import HASH_ANNOTATION, labels, owner_reference, selector, tiles_selector
@@ -19,9 +18,6 @@ CONFIG_FILE = "mapserver.conf"
 CHECK_SCRIPT = "check-mapfile.sh"
 PREPARE_SCRIPT = "prepare-mapfile.sh"
 RUN_DIR = "/run/mapserver"  # in-memory emptyDir: where the pods read the mapfile from
-MAPFILE_GZ = f"{MAPFILE}.gz"
-# A ConfigMap holds at most 1 MiB: above this the mapfile is stored gzipped (about 10x smaller).
-MAX_PLAIN_MAPFILE = 256 * 1024
 WWW_DATA_UID = 33  # the upstream image's www-data user: Apache listens on 8080 when not root
 
 # Loads the mapfile through MapServer itself and asks for WMS capabilities: used by the init
@@ -56,9 +52,10 @@ exec /bin/sh /etc/mapserver/check-mapfile.sh
 
 def mapfile_from_configmap(data: dict | None, binary_data: dict | None) -> str:
     """The mapfile text of a mapfile ConfigMap, plain or gzipped (the inverse of build_configmap)."""
-    if binary_data and MAPFILE_GZ in binary_data:
-        return gzip.decompress(base64.b64decode(binary_data[MAPFILE_GZ])).decode()
-    return (data or {})[MAPFILE]
+    text = read_file(data, binary_data, MAPFILE)
+    if text is None:
+        raise KeyError(MAPFILE)
+    return text
 
 
 class Owner:
@@ -114,11 +111,7 @@ def build_configmap(owner: Owner, mapfile: str, config: str, mapfile_hash: str) 
         "immutable": True,
         "data": {CONFIG_FILE: config, CHECK_SCRIPT: CHECK_SH, PREPARE_SCRIPT: PREPARE_SH},
     }
-    raw = mapfile.encode()
-    if len(raw) > MAX_PLAIN_MAPFILE:
-        cm["binaryData"] = {MAPFILE_GZ: base64.b64encode(gzip.compress(raw, 6, mtime=0)).decode()}
-    else:
-        cm["data"][MAPFILE] = mapfile
+    put_file(cm, MAPFILE, mapfile)  # gzipped when large
     return cm
 
 

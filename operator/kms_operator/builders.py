@@ -318,15 +318,6 @@ def build_pdb(owner: Owner, spec: MapServiceSpec) -> dict | None:
     }
 
 
-# children that exist or not depending on the spec (deleted when it no longer asks for them)
-OPTIONAL_KINDS = (
-    ("networking.k8s.io/v1", "Ingress"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-)
-
-
 def service_url(
     name: str,
     namespace: str,
@@ -352,8 +343,8 @@ def build_children(
     default_image: str = DEFAULT_IMAGE,
     network_policies: bool = True,
 ) -> dict:
-    """All desired children: {'configmap', 'deployment', 'service', and OPTIONAL_KINDS' kinds ->
-    manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES."""
+    """All desired children: {'configmap', 'deployment', 'service', and kinds.OPTIONAL_KINDS'
+    kinds -> manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES."""
     cm = build_configmap(owner, mapfile, config, mapfile_hash)
     policy = build_mapserver_policy(
         owner.meta(owner.name, "network-policy"), owner.name, spec, tiles_selector(owner.name), mapfile

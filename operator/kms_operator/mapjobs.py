@@ -15,12 +15,14 @@ from kms_crds import API_VERSION
 from kms_crds.mapjob import MapJobSpec
 
 from .cache_jobs import CacheJobError, resolve_cache_job
-from .conditions import merge_conditions, status_changed, status_conditions
+from .conditions import settle_status, status_conditions
 from .job_progress import describe, read_progress
-from .kube import now_rfc3339
+from .kube import ApiError, event_ref, now_rfc3339
 from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_labels, job_name
 from .metrics import JOB_PHASES
 from .network_policies import build_job_policy
+from .queues import Debouncer
+from .state import State
 
 log = logging.getLogger("kms_operator.jobs")
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
@@ -109,10 +111,13 @@ def _dns_name(text: str) -> str:
 
 
 class MapJobs:
-    """The MapJob half of the operator (shares the Operator's API client and indexes)."""
+    """The MapJob reconciler (its own queue; the API client and indexes are the shared State)."""
 
-    def __init__(self, op):
+    def __init__(self, op: State):
         self.op = op
+        self.queue = Debouncer(
+            "mapjob reconcile", op.settings.debounce_seconds, lambda key: self.reconcile(*key)
+        )
 
     async def reconcile(self, ns: str, name: str) -> None:
         op = self.op
@@ -260,17 +265,12 @@ class MapJobs:
             stalled=(STALLED_REASONS[phase], message) if phase in STALLED_REASONS else None,
             settled=phase or "Pending",
         )
-        status["conditions"] = merge_conditions(old.get("conditions"), conds)
         status = {k: v for k, v in status.items() if v is not None or k in old}
-        if not status_changed(old, status):
+        if not settle_status(old, status, conds):
             return
         meta = body["metadata"]
         await op.call(op.kube.patch_status, API_VERSION, "MapJob", meta["namespace"], meta["name"], status)
-        ref = {
-            "apiVersion": API_VERSION,
-            "kind": "MapJob",
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-        }
+        ref = event_ref(body, "MapJob")
         if phase != old.get("phase"):
             JOB_PHASES.labels(type=body["spec"].get("type"), phase=phase).inc()
             level = "Warning" if phase == "Failed" else "Normal"
@@ -404,8 +404,6 @@ class MapJobs:
 
     async def release(self, body: Mapping) -> None:
         """Finalizer: the Job and its pods are gone before the MapJob is."""
-        from .kube import ApiError
-
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         await self._delete_job(ns, name)

@@ -12,22 +12,14 @@ from typing import NamedTuple
 from pydantic import ValidationError
 
 from kms_crds.common import LabelSelector
-from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus
+from kms_crds.mapdataset import SHAPE_STATUS_FIELDS, MapDatasetSpec, MapDatasetStatus
 from kms_crds.mapservice import MapServiceSpec
 
 from .conditions import get_condition
 from .mapfile import DatasetInput, LayerRef, epsg, layer_name
 
 log = logging.getLogger("kms_operator")
-RENDER_STATUS_FIELDS = (
-    "extent",
-    "wgs84Bbox",
-    "geometryType",
-    "bandCount",
-    "valueRange",
-    "layerName",
-    "sourceLayer",
-)
+RENDER_STATUS_FIELDS = (*SHAPE_STATUS_FIELDS, "sourceLayer")  # what a service's mapfile depends on
 
 
 class DatasetSnapshot(dict):

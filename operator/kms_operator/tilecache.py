@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kms_crds.configmap_files import is_gzipped, put_file, read_file
+from kms_crds.mapdataset import SHAPE_STATUS_FIELDS
 from kms_crds.mapservice import DEFAULT_TILES_IMAGE, DEFAULT_TILES_RESOURCES, MapServiceSpec, TileCache
 
 from .builders import CONTAINER_SECURITY, Owner
@@ -32,16 +33,7 @@ PORT = 8080
 TILES_UID = 10001
 HTTPD_COMMAND = "kms-mapcache-httpd"  # the tile cache image's entry script: Apache + mod_mapcache
 HEALTH_PATH = "/tms/1.0.0/"  # answered by MapCache itself from the configuration (no rendering)
-VERSION_STATUS_FIELDS = (
-    "extent",
-    "wgs84Bbox",
-    "geometryType",
-    "bandCount",
-    "valueRange",
-    "layerName",
-    "checksum",
-    "size",
-)
+VERSION_STATUS_FIELDS = (*SHAPE_STATUS_FIELDS, "checksum", "size")  # what a dataset's tiles depend on
 FORMATS = {"png": ("kms-png", "PNG", "image/png", "png"), "jpeg": ("kms-jpeg", "JPEG", "image/jpeg", "jpg")}
 MERCATOR_LAT = 85.0511287798066
 

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -29,22 +29,23 @@ log = logging.getLogger("kms_operator")
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
-def op(memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index) -> Operator:
-    """The Operator made at startup (in the memo), reading Kopf's (pre-populated) indexes."""
-    operator: Operator = memo.op
-    operator.state.use_indexes(datasets, services)
-    return operator
+def with_operator(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A handler `fn(op, **kwargs)`: given the Operator made at startup (Kopf's memo), reading
+    Kopf's (pre-populated) indexes; an ApiError becomes a Kopf retry when transient, else a
+    permanent failure. (Kopf takes the handler's id from `fn`.)"""
 
+    @functools.wraps(fn)
+    async def handler(memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **kwargs: Any) -> None:
+        op: Operator = memo.op
+        op.state.use_indexes(datasets, services)
+        try:
+            await fn(op, **kwargs)
+        except ApiError as e:
+            if e.transient:
+                raise kopf.TemporaryError(str(e), delay=5) from e
+            raise kopf.PermanentError(str(e)) from e
 
-@contextlib.contextmanager
-def kopf_errors() -> Iterator[None]:
-    """An ApiError as Kopf takes it: retried later when transient, else given up on."""
-    try:
-        yield
-    except ApiError as e:
-        if e.transient:
-            raise kopf.TemporaryError(str(e), delay=5) from e
-        raise kopf.PermanentError(str(e)) from e
+    return handler
 
 
 @kopf.on.startup()
@@ -140,31 +141,24 @@ def services(namespace: str, body: kopf.Body, **_: Any) -> dict:
 @kopf.on.resume(GROUP, VERSION, "mapdatasets")
 @kopf.on.create(GROUP, VERSION, "mapdatasets")
 @kopf.on.update(GROUP, VERSION, "mapdatasets")
-async def dataset_changed(
-    body: kopf.Body, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    with kopf_errors():
-        await op(memo, datasets, services).datasets.reconcile(body)
+@with_operator
+async def dataset_changed(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.datasets.reconcile(body)
 
 
 @kopf.on.event(GROUP, VERSION, "mapdatasets")
-async def dataset_event(
-    body: kopf.Body, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
+@with_operator
+async def dataset_event(op: Operator, body: kopf.Body, **_: Any) -> None:
     """Status changes (Ready flips) and deletions re-render the services that select the dataset."""
     meta = body.get("metadata", {})
     if meta.get("namespace"):
-        op(memo, datasets, services).datasets.notify_services(
-            meta["namespace"], meta["name"], dict(meta.get("labels") or {})
-        )
+        op.datasets.notify_services(meta["namespace"], meta["name"], dict(meta.get("labels") or {}))
 
 
 @kopf.on.delete(GROUP, VERSION, "mapdatasets")
-async def dataset_deleted(
-    body: kopf.Body, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    with kopf_errors():
-        await op(memo, datasets, services).datasets.release(body)
+@with_operator
+async def dataset_deleted(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.datasets.release(body)
 
 
 # ------------------------------------------------------------------ MapService
@@ -173,19 +167,15 @@ async def dataset_deleted(
 @kopf.on.resume(GROUP, VERSION, "mapservices")
 @kopf.on.create(GROUP, VERSION, "mapservices")
 @kopf.on.update(GROUP, VERSION, "mapservices")
-async def service_changed(
-    namespace: str, name: str, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    with kopf_errors():
-        await op(memo, datasets, services).services.reconcile(namespace, name)
+@with_operator
+async def service_changed(op: Operator, namespace: str, name: str, **_: Any) -> None:
+    await op.services.reconcile(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, "mapservices")
-async def service_deleted(
-    body: kopf.Body, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    with kopf_errors():
-        await op(memo, datasets, services).services.release(body)
+@with_operator
+async def service_deleted(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.services.release(body)
 
 
 # ------------------------------------------------------------------ MapJob
@@ -194,53 +184,43 @@ async def service_deleted(
 @kopf.on.resume(GROUP, VERSION, "mapjobs")
 @kopf.on.create(GROUP, VERSION, "mapjobs")
 @kopf.on.update(GROUP, VERSION, "mapjobs")
-async def mapjob_changed(
-    namespace: str, name: str, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    with kopf_errors():
-        await op(memo, datasets, services).mapjobs.reconcile(namespace, name)
+@with_operator
+async def mapjob_changed(op: Operator, namespace: str, name: str, **_: Any) -> None:
+    await op.mapjobs.reconcile(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, "mapjobs")
-async def mapjob_deleted(
-    body: kopf.Body, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    with kopf_errors():
-        await op(memo, datasets, services).mapjobs.release(body)
+@with_operator
+async def mapjob_deleted(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.mapjobs.release(body)
 
 
 @kopf.timer(GROUP, VERSION, "mapjobs", interval=5, when=lambda status, **_: status.get("phase") == "Running")
-async def mapjob_running(
-    namespace: str, name: str, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
+@with_operator
+async def mapjob_running(op: Operator, namespace: str, name: str, **_: Any) -> None:
     """While a job runs, its progress (runner log lines) is mirrored into status every few seconds."""
-    op(memo, datasets, services).mapjobs.queue.request((namespace, name))
+    op.mapjobs.queue.request((namespace, name))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, "app.kubernetes.io/component": "job"})
-async def job_event(
-    namespace: str, labels: kopf.Labels, memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
+@with_operator
+async def job_event(op: Operator, namespace: str, labels: kopf.Labels, **_: Any) -> None:
     """Job progress (pods started, completed, failed) is mirrored into the MapJob's status."""
     owner = labels.get("app.kubernetes.io/instance")
     if owner:
-        op(memo, datasets, services).mapjobs.queue.request((namespace, owner))
+        op.mapjobs.queue.request((namespace, owner))
 
 
 # ------------------------------------------------------------------ children: drift repair, readiness
 # (the watched kinds: kinds.CHILD_RESOURCES)
 
-for _resource in CHILD_RESOURCES:
 
-    @kopf.on.event(*_resource, labels=MANAGED, id=f"child-{_resource[-1]}")
-    async def child_event(
-        namespace: str,
-        labels: kopf.Labels,
-        memo: kopf.Memo,
-        datasets: kopf.Index,
-        services: kopf.Index,
-        **_: Any,
-    ) -> None:
-        owner = labels.get("app.kubernetes.io/instance")
-        if owner and any(s["name"] == owner for s in services.get(namespace, [])):
-            op(memo, datasets, services).services.queue.request((namespace, owner))
+@with_operator
+async def child_event(op: Operator, namespace: str, labels: kopf.Labels, **_: Any) -> None:
+    owner = labels.get("app.kubernetes.io/instance")
+    if owner and any(s["name"] == owner for s in op.state.services_in(namespace)):
+        op.services.queue.request((namespace, owner))
+
+
+for _resource in CHILD_RESOURCES:
+    kopf.on.event(*_resource, labels=MANAGED, id=f"child-{_resource[-1]}")(child_event)

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -16,7 +15,7 @@ from kms_crds.mapjob import MapJobSpec
 
 from .cache_jobs import CacheJobError, resolve_cache_job
 from .conditions import settle_status, status_conditions
-from .job_progress import describe, read_progress
+from .job_progress import describe, duration, read_progress, termination_result
 from .kube import ApiError, event_ref, now_rfc3339
 from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_labels, job_name
 from .metrics import JOB_PHASES
@@ -76,34 +75,6 @@ def resolve_params(op, ns: str, spec: MapJobSpec) -> dict:
             raise JobInputError(f"no MapDataset belongs to campaign {p.campaign!r}")
         return {"campaign": p.campaign, "datasets": members}
     raise JobInputError(f"unknown job type {spec.type}")
-
-
-def termination_result(pods: list[dict]) -> dict | None:
-    """The runner's JSON result from the newest terminated pod's termination message."""
-    best = None
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated")
-            if term:
-                key = term.get("finishedAt") or ""
-                if best is None or key >= best[0]:
-                    best = (key, term)
-    if not best:
-        return None
-    message = (best[1].get("message") or "").strip()
-    try:
-        value = json.loads(message)
-        return value if isinstance(value, dict) else {"message": message[:1000]}
-    except ValueError:
-        return {"message": message[-1000:]} if message else None
-
-
-def _duration(start: str | None, end: str | None) -> str | None:
-    if not start or not end:
-        return None
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    secs = int((datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds())
-    return f"{secs // 60}m{secs % 60}s" if secs >= 60 else f"{secs}s"
 
 
 def _dns_name(text: str) -> str:
@@ -220,7 +191,7 @@ class MapJobs:
             end = (
                 js.get("completionTime") or conds.get("Failed", {}).get("lastTransitionTime") or now_rfc3339()
             )
-            new.update(completionTime=end, duration=_duration(js.get("startTime"), end))
+            new.update(completionTime=end, duration=duration(js.get("startTime"), end))
             if "Complete" in conds:
                 new["progress"] = 1.0
             if "Complete" in conds and not result.get("error"):

@@ -9,6 +9,7 @@ import gzip
 from collections.abc import Mapping
 
 MAX_PLAIN = 256 * 1024  # bytes: above this a file is stored gzipped (about 10x smaller)
+MAPFILE = "service.map"  # the mapfile in a MapService's mapfile ConfigMap (<service>-mapfile-<hash>)
 
 
 def put_file(configmap: dict, name: str, text: str, max_plain: int = MAX_PLAIN) -> None:
@@ -30,3 +31,8 @@ def read_file(data: Mapping | None, binary_data: Mapping | None, name: str) -> s
 
 def is_gzipped(configmap: Mapping, name: str) -> bool:
     return name + ".gz" in (configmap.get("binaryData") or {})
+
+
+def read_mapfile(configmap: Mapping) -> str | None:
+    """The mapfile text of a MapService's mapfile ConfigMap (as read from the API)."""
+    return read_file(configmap.get("data"), configmap.get("binaryData"), MAPFILE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from kms_crds.configmap_files import put_file, read_file
+from kms_crds.configmap_files import MAPFILE, put_file, read_file
 from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
 from .labels import HASH_ANNOTATION, labels, owner_reference, selector, tiles_selector
@@ -13,7 +13,6 @@ from .network_policies import build_mapserver_policy
 
 PORT = 8080
 CONFIG_DIR = "/etc/mapserver"
-MAPFILE = "service.map"
 CONFIG_FILE = "mapserver.conf"
 CHECK_SCRIPT = "check-mapfile.sh"
 PREPARE_SCRIPT = "prepare-mapfile.sh"

@@ -87,7 +87,9 @@ class Services:
             return True
         return False
 
-    def _render(self, ns: str, name: str, spec: MapServiceSpec, gen, exclude: set[str], t0: float):
+    def _render(
+        self, ns: str, name: str, spec: MapServiceSpec, gen: int | None, exclude: set[str], t0: float
+    ) -> Rendered | None:
         """The mapfile and selection (None: wait for datasets being inspected, the service is queued
         again). Nothing that shapes the mapfile changed since the last pass: no rebuild."""
         key = (ns, name)

@@ -223,6 +223,11 @@ class SeededTiles(KModel):
     time: str | None = Field(None, description="When seeding finished.")
 
 
+# The status fields (wire names) that hold the inspected shape of the data: what a rendering of the
+# dataset depends on besides its spec (the operator's mapfile render key and tile cache versions).
+SHAPE_STATUS_FIELDS = ("extent", "wgs84Bbox", "geometryType", "bandCount", "valueRange", "layerName")
+
+
 class MapDatasetStatus(KModel):
     conditions: list[Condition] | None = Field(
         None,

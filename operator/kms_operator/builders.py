@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import gzip
 import math
 import re
 
+from kms_crds.configmap_files import MAPFILE, put_file, read_file
 from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
 from .labels import HASH_ANNOTATION, labels, owner_reference, selector, tiles_selector
@@ -14,14 +13,10 @@ from .network_policies import build_mapserver_policy
 
 PORT = 8080
 CONFIG_DIR = "/etc/mapserver"
-MAPFILE = "service.map"
 CONFIG_FILE = "mapserver.conf"
 CHECK_SCRIPT = "check-mapfile.sh"
 PREPARE_SCRIPT = "prepare-mapfile.sh"
 RUN_DIR = "/run/mapserver"  # in-memory emptyDir: where the pods read the mapfile from
-MAPFILE_GZ = f"{MAPFILE}.gz"
-# A ConfigMap holds at most 1 MiB: above this the mapfile is stored gzipped (about 10x smaller).
-MAX_PLAIN_MAPFILE = 256 * 1024
 WWW_DATA_UID = 33  # the upstream image's www-data user: Apache listens on 8080 when not root
 
 # Loads the mapfile through MapServer itself and asks for WMS capabilities: used by the init
@@ -56,9 +51,10 @@ exec /bin/sh /etc/mapserver/check-mapfile.sh
 
 def mapfile_from_configmap(data: dict | None, binary_data: dict | None) -> str:
     """The mapfile text of a mapfile ConfigMap, plain or gzipped (the inverse of build_configmap)."""
-    if binary_data and MAPFILE_GZ in binary_data:
-        return gzip.decompress(base64.b64decode(binary_data[MAPFILE_GZ])).decode()
-    return (data or {})[MAPFILE]
+    text = read_file(data, binary_data, MAPFILE)
+    if text is None:
+        raise KeyError(MAPFILE)
+    return text
 
 
 class Owner:
@@ -114,11 +110,7 @@ def build_configmap(owner: Owner, mapfile: str, config: str, mapfile_hash: str) 
         "immutable": True,
         "data": {CONFIG_FILE: config, CHECK_SCRIPT: CHECK_SH, PREPARE_SCRIPT: PREPARE_SH},
     }
-    raw = mapfile.encode()
-    if len(raw) > MAX_PLAIN_MAPFILE:
-        cm["binaryData"] = {MAPFILE_GZ: base64.b64encode(gzip.compress(raw, 6, mtime=0)).decode()}
-    else:
-        cm["data"][MAPFILE] = mapfile
+    put_file(cm, MAPFILE, mapfile)  # gzipped when large
     return cm
 
 
@@ -325,15 +317,6 @@ def build_pdb(owner: Owner, spec: MapServiceSpec) -> dict | None:
     }
 
 
-# children that exist or not depending on the spec (deleted when it no longer asks for them)
-OPTIONAL_KINDS = (
-    ("networking.k8s.io/v1", "Ingress"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("networking.k8s.io/v1", "NetworkPolicy"),
-)
-
-
 def service_url(
     name: str,
     namespace: str,
@@ -359,8 +342,8 @@ def build_children(
     default_image: str = DEFAULT_IMAGE,
     network_policies: bool = True,
 ) -> dict:
-    """All desired children: {'configmap', 'deployment', 'service', and OPTIONAL_KINDS' kinds ->
-    manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES."""
+    """All desired children: {'configmap', 'deployment', 'service', and kinds.OPTIONAL_KINDS'
+    kinds -> manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES."""
     cm = build_configmap(owner, mapfile, config, mapfile_hash)
     policy = build_mapserver_policy(
         owner.meta(owner.name, "network-policy"), owner.name, spec, tiles_selector(owner.name), mapfile

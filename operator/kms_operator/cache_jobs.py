@@ -12,6 +12,7 @@ from kms_crds.mapjob import MapJobSpec
 from kms_crds.mapservice import MapServiceSpec, TileCache
 
 from .mapfile import layer_name
+from .snapshots import is_ready, selector_of
 from .tilecache import Tileset, build_mapcache_xml, dataset_version
 
 
@@ -28,8 +29,6 @@ class CacheJob:
 
 def served_snapshots(op, ns: str, service: dict) -> dict[str, dict]:
     """Ready datasets the service selects (what its cache holds), by name."""
-    from .reconcile import is_ready, selector_of
-
     sel = selector_of(service)
     return {
         d["name"]: d

@@ -80,6 +80,13 @@ def merge_conditions(old: list[dict] | None, new: list[dict]) -> list[dict]:
     return out
 
 
+def settle_status(old: dict | None, status: dict, conds: list[dict]) -> bool:
+    """Set status["conditions"] to `conds` merged into the old ones (transition times kept); True
+    when the status then differs from `old` (a patch is needed)."""
+    status["conditions"] = merge_conditions((old or {}).get("conditions"), conds)
+    return status_changed(old, status)
+
+
 def get_condition(status: dict | None, type_: str) -> dict | None:
     for c in (status or {}).get("conditions") or []:
         if c.get("type") == type_:

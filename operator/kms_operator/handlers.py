@@ -1,12 +1,15 @@
-"""Kopf wiring only: every handler hands over to the level-based reconcilers in `reconcile`."""
+"""Kopf wiring only: every handler hands over to the level-based reconcilers of the Operator
+(runtime.py), which the startup handler keeps in Kopf's memo (`memo.op`)."""
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import gc
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -14,36 +17,39 @@ import kopf
 
 from kms_crds import GROUP, VERSION
 
+from .kinds import CHILD_RESOURCES
 from .kube import ApiError, Kube
 from .labels import FINALIZER, MANAGED_BY
 from .metrics import WATCH_REQUESTS
-from .reconcile import Operator, dataset_snapshot, service_snapshot
+from .runtime import Operator
 from .settings import Settings
+from .snapshots import dataset_snapshot, service_snapshot
 
 log = logging.getLogger("kms_operator")
-OP: Operator | None = None
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
-def op(datasets: kopf.Index | None = None, services: kopf.Index | None = None) -> Operator:
-    """The operator state, bound to Kopf's (pre-populated) in-memory indexes."""
-    assert OP is not None, "startup handler did not run"
-    if datasets is not None:
-        OP.datasets = datasets
-    if services is not None:
-        OP.services = services
-    return OP
+def with_operator(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A handler `fn(op, **kwargs)`: given the Operator made at startup (Kopf's memo), reading
+    Kopf's (pre-populated) indexes; an ApiError becomes a Kopf retry when transient, else a
+    permanent failure. (Kopf takes the handler's id from `fn`.)"""
 
+    @functools.wraps(fn)
+    async def handler(memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **kwargs: Any) -> None:
+        op: Operator = memo.op
+        op.state.use_indexes(datasets, services)
+        try:
+            await fn(op, **kwargs)
+        except ApiError as e:
+            if e.transient:
+                raise kopf.TemporaryError(str(e), delay=5) from e
+            raise kopf.PermanentError(str(e)) from e
 
-def _retry(e: ApiError) -> kopf.TemporaryError | kopf.PermanentError:
-    if e.transient:
-        return kopf.TemporaryError(str(e), delay=5)
-    return kopf.PermanentError(str(e))
+    return handler
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    global OP
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     s = Settings()
     # A watch that silently dies leaves an operator deaf: bound every watch and request.
     settings.watching.server_timeout = s.watch_server_timeout
@@ -62,11 +68,11 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No settings.queueing.worker_limit: with indexes, every object of a kind needs a worker
     # before any handler runs (the index must be complete), so a limit below the number of
     # objects deadlocks the start (seen in the bench's resync). It would cap the memory of a burst.
-    OP = Operator(Kube.from_environment(timeout=s.request_timeout), s)
+    memo.op = Operator(Kube.from_environment(timeout=s.request_timeout), s)
     # what exists now (modules, classes, settings) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise walk it again and again during a burst
     gc.freeze()
-    OP.background.append(asyncio.get_running_loop().create_task(_return_freed_memory()))
+    memo.op.background.append(asyncio.get_running_loop().create_task(_return_freed_memory()))
     log.info("kube-mapserver operator configured: data root %s", s.data_root)
 
 
@@ -135,31 +141,24 @@ def services(namespace: str, body: kopf.Body, **_: Any) -> dict:
 @kopf.on.resume(GROUP, VERSION, "mapdatasets")
 @kopf.on.create(GROUP, VERSION, "mapdatasets")
 @kopf.on.update(GROUP, VERSION, "mapdatasets")
-async def dataset_changed(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
-    try:
-        await op(datasets, services).reconcile_dataset(body)
-    except ApiError as e:
-        raise _retry(e) from e
+@with_operator
+async def dataset_changed(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.datasets.reconcile(body)
 
 
 @kopf.on.event(GROUP, VERSION, "mapdatasets")
-async def dataset_event(
-    type: str, body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
+@with_operator
+async def dataset_event(op: Operator, body: kopf.Body, **_: Any) -> None:
     """Status changes (Ready flips) and deletions re-render the services that select the dataset."""
     meta = body.get("metadata", {})
     if meta.get("namespace"):
-        op(datasets, services).notify_services(
-            meta["namespace"], meta["name"], dict(meta.get("labels") or {})
-        )
+        op.datasets.notify_services(meta["namespace"], meta["name"], dict(meta.get("labels") or {}))
 
 
 @kopf.on.delete(GROUP, VERSION, "mapdatasets")
-async def dataset_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
-    try:
-        await op(datasets, services).release_dataset(body)
-    except ApiError as e:
-        raise _retry(e) from e
+@with_operator
+async def dataset_deleted(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.datasets.release(body)
 
 
 # ------------------------------------------------------------------ MapService
@@ -168,21 +167,15 @@ async def dataset_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.
 @kopf.on.resume(GROUP, VERSION, "mapservices")
 @kopf.on.create(GROUP, VERSION, "mapservices")
 @kopf.on.update(GROUP, VERSION, "mapservices")
-async def service_changed(
-    namespace: str, name: str, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    try:
-        await op(datasets, services).reconcile_service(namespace, name)
-    except ApiError as e:
-        raise _retry(e) from e
+@with_operator
+async def service_changed(op: Operator, namespace: str, name: str, **_: Any) -> None:
+    await op.services.reconcile(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, "mapservices")
-async def service_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
-    try:
-        await op(datasets, services).release_service(body)
-    except ApiError as e:
-        raise _retry(e) from e
+@with_operator
+async def service_deleted(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.services.release(body)
 
 
 # ------------------------------------------------------------------ MapJob
@@ -191,64 +184,43 @@ async def service_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.
 @kopf.on.resume(GROUP, VERSION, "mapjobs")
 @kopf.on.create(GROUP, VERSION, "mapjobs")
 @kopf.on.update(GROUP, VERSION, "mapjobs")
-async def mapjob_changed(
-    namespace: str, name: str, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
-    try:
-        await op(datasets, services).mapjobs.reconcile(namespace, name)
-    except ApiError as e:
-        raise _retry(e) from e
+@with_operator
+async def mapjob_changed(op: Operator, namespace: str, name: str, **_: Any) -> None:
+    await op.mapjobs.reconcile(namespace, name)
 
 
 @kopf.on.delete(GROUP, VERSION, "mapjobs")
-async def mapjob_deleted(body: kopf.Body, datasets: kopf.Index, services: kopf.Index, **_: Any) -> None:
-    try:
-        await op(datasets, services).mapjobs.release(body)
-    except ApiError as e:
-        raise _retry(e) from e
+@with_operator
+async def mapjob_deleted(op: Operator, body: kopf.Body, **_: Any) -> None:
+    await op.mapjobs.release(body)
 
 
 @kopf.timer(GROUP, VERSION, "mapjobs", interval=5, when=lambda status, **_: status.get("phase") == "Running")
-async def mapjob_running(
-    namespace: str, name: str, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
+@with_operator
+async def mapjob_running(op: Operator, namespace: str, name: str, **_: Any) -> None:
     """While a job runs, its progress (runner log lines) is mirrored into status every few seconds."""
-    op(datasets, services).job_queue.request((namespace, name))
+    op.mapjobs.queue.request((namespace, name))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, "app.kubernetes.io/component": "job"})
-async def job_event(
-    namespace: str, labels: kopf.Labels, datasets: kopf.Index, services: kopf.Index, **_: Any
-) -> None:
+@with_operator
+async def job_event(op: Operator, namespace: str, labels: kopf.Labels, **_: Any) -> None:
     """Job progress (pods started, completed, failed) is mirrored into the MapJob's status."""
     owner = labels.get("app.kubernetes.io/instance")
     if owner:
-        op(datasets, services).job_queue.request((namespace, owner))
+        op.mapjobs.queue.request((namespace, owner))
 
 
 # ------------------------------------------------------------------ children: drift repair, readiness
+# (the watched kinds: kinds.CHILD_RESOURCES)
 
 
-def _child_event(namespace: str, labels: dict, datasets: kopf.Index, services: kopf.Index) -> None:
+@with_operator
+async def child_event(op: Operator, namespace: str, labels: kopf.Labels, **_: Any) -> None:
     owner = labels.get("app.kubernetes.io/instance")
-    if owner and any(s["name"] == owner for s in services.get(namespace, [])):
-        op(datasets, services).service_queue.request((namespace, owner))
+    if owner and any(s["name"] == owner for s in op.state.services_in(namespace)):
+        op.services.queue.request((namespace, owner))
 
 
-# the MapService children whose changes (drift, deletion, rollout status) bring their service back
-CHILD_RESOURCES = (
-    ("v1", "configmaps"),
-    ("v1", "services"),
-    ("apps", "v1", "deployments"),
-    ("networking.k8s.io", "v1", "ingresses"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-)
 for _resource in CHILD_RESOURCES:
-
-    @kopf.on.event(*_resource, labels=MANAGED, id=f"child-{_resource[-1]}")
-    async def child_event(
-        namespace: str, labels: kopf.Labels, datasets: kopf.Index, services: kopf.Index, **_: Any
-    ) -> None:
-        _child_event(namespace, dict(labels), datasets, services)
+    kopf.on.event(*_resource, labels=MANAGED, id=f"child-{_resource[-1]}")(child_event)

@@ -1,9 +1,11 @@
-"""Progress of a running MapJob: the runner writes JSON lines with a `progress` field (0..1) to
-stderr; the operator reads the newest one from the pod's log tail (the kubelet serves it)."""
+"""Progress and result of a MapJob's pod: the runner writes JSON lines with a `progress` field
+(0..1) to stderr, read from the pod's log tail (the kubelet serves it), and its JSON result to the
+termination message."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from urllib.parse import quote
 
 DETAIL_FIELDS = ("tileset", "zoom", "tiles")
@@ -49,3 +51,32 @@ def read_progress(kube, namespace: str, pods: list[dict]) -> dict | None:
         return None
     text = payload.decode(errors="replace") if isinstance(payload, bytes) else json.dumps(payload)
     return parse_progress(text)
+
+
+def termination_result(pods: list[dict]) -> dict | None:
+    """The runner's JSON result from the newest terminated pod's termination message."""
+    best = None
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated")
+            if term:
+                key = term.get("finishedAt") or ""
+                if best is None or key >= best[0]:
+                    best = (key, term)
+    if not best:
+        return None
+    message = (best[1].get("message") or "").strip()
+    try:
+        value = json.loads(message)
+        return value if isinstance(value, dict) else {"message": message[:1000]}
+    except ValueError:
+        return {"message": message[-1000:]} if message else None
+
+
+def duration(start: str | None, end: str | None) -> str | None:
+    """A Job's run time as MapJob status shows it ("42s", "3m5s")."""
+    if not start or not end:
+        return None
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    secs = int((datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds())
+    return f"{secs // 60}m{secs % 60}s" if secs >= 60 else f"{secs}s"

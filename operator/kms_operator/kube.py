@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,29 +15,13 @@ from urllib.parse import quote
 
 from kubernetes import client, config
 
-from kms_crds import GROUP, VERSION
+from kms_crds import API_VERSION
 
+from .kinds import PLURALS
 from .labels import FIELD_MANAGER
 from .metrics import API_WRITES
 
 log = logging.getLogger("kms_operator.kube")
-
-PLURALS = {
-    ("v1", "ConfigMap"): "configmaps",
-    ("v1", "Service"): "services",
-    ("v1", "Event"): "events",
-    ("apps/v1", "Deployment"): "deployments",
-    ("apps/v1", "ReplicaSet"): "replicasets",
-    ("batch/v1", "Job"): "jobs",
-    ("v1", "Pod"): "pods",
-    ("networking.k8s.io/v1", "Ingress"): "ingresses",
-    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
-    ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
-    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
-    (f"{GROUP}/{VERSION}", "MapDataset"): "mapdatasets",
-    (f"{GROUP}/{VERSION}", "MapService"): "mapservices",
-    (f"{GROUP}/{VERSION}", "MapJob"): "mapjobs",
-}
 
 
 class ApiError(Exception):
@@ -205,6 +190,16 @@ class Kube:
                 log.warning("could not record event %s on %s: %s", reason, meta["name"], payload)
         except ApiError as e:
             log.warning("could not record event %s on %s: %s", reason, meta["name"], e)
+
+
+def event_ref(body: Mapping, kind: str) -> dict:
+    """What event() needs of one of our resources (apiVersion, kind, name, namespace, uid)."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+    }
 
 
 def now_rfc3339() -> str:

@@ -7,7 +7,6 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from datetime import datetime
 
 from pydantic import ValidationError
 
@@ -15,12 +14,14 @@ from kms_crds import API_VERSION
 from kms_crds.mapjob import MapJobSpec
 
 from .cache_jobs import CacheJobError, resolve_cache_job
-from .conditions import merge_conditions, status_changed, status_conditions
-from .job_progress import describe, read_progress
-from .kube import now_rfc3339
+from .conditions import settle_status, status_conditions
+from .job_progress import describe, duration, read_progress, termination_result
+from .kube import ApiError, event_ref, now_rfc3339
 from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_labels, job_name
 from .metrics import JOB_PHASES
 from .network_policies import build_job_policy
+from .queues import Debouncer
+from .state import State
 
 log = logging.getLogger("kms_operator.jobs")
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
@@ -76,43 +77,18 @@ def resolve_params(op, ns: str, spec: MapJobSpec) -> dict:
     raise JobInputError(f"unknown job type {spec.type}")
 
 
-def termination_result(pods: list[dict]) -> dict | None:
-    """The runner's JSON result from the newest terminated pod's termination message."""
-    best = None
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            term = (cs.get("state") or {}).get("terminated")
-            if term:
-                key = term.get("finishedAt") or ""
-                if best is None or key >= best[0]:
-                    best = (key, term)
-    if not best:
-        return None
-    message = (best[1].get("message") or "").strip()
-    try:
-        value = json.loads(message)
-        return value if isinstance(value, dict) else {"message": message[:1000]}
-    except ValueError:
-        return {"message": message[-1000:]} if message else None
-
-
-def _duration(start: str | None, end: str | None) -> str | None:
-    if not start or not end:
-        return None
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    secs = int((datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds())
-    return f"{secs // 60}m{secs % 60}s" if secs >= 60 else f"{secs}s"
-
-
 def _dns_name(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:253] or "dataset"
 
 
 class MapJobs:
-    """The MapJob half of the operator (shares the Operator's API client and indexes)."""
+    """The MapJob reconciler (its own queue; the API client and indexes are the shared State)."""
 
-    def __init__(self, op):
+    def __init__(self, op: State):
         self.op = op
+        self.queue = Debouncer(
+            "mapjob reconcile", op.settings.debounce_seconds, lambda key: self.reconcile(*key)
+        )
 
     async def reconcile(self, ns: str, name: str) -> None:
         op = self.op
@@ -215,7 +191,7 @@ class MapJobs:
             end = (
                 js.get("completionTime") or conds.get("Failed", {}).get("lastTransitionTime") or now_rfc3339()
             )
-            new.update(completionTime=end, duration=_duration(js.get("startTime"), end))
+            new.update(completionTime=end, duration=duration(js.get("startTime"), end))
             if "Complete" in conds:
                 new["progress"] = 1.0
             if "Complete" in conds and not result.get("error"):
@@ -260,17 +236,12 @@ class MapJobs:
             stalled=(STALLED_REASONS[phase], message) if phase in STALLED_REASONS else None,
             settled=phase or "Pending",
         )
-        status["conditions"] = merge_conditions(old.get("conditions"), conds)
         status = {k: v for k, v in status.items() if v is not None or k in old}
-        if not status_changed(old, status):
+        if not settle_status(old, status, conds):
             return
         meta = body["metadata"]
         await op.call(op.kube.patch_status, API_VERSION, "MapJob", meta["namespace"], meta["name"], status)
-        ref = {
-            "apiVersion": API_VERSION,
-            "kind": "MapJob",
-            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
-        }
+        ref = event_ref(body, "MapJob")
         if phase != old.get("phase"):
             JOB_PHASES.labels(type=body["spec"].get("type"), phase=phase).inc()
             level = "Warning" if phase == "Failed" else "Normal"
@@ -404,8 +375,6 @@ class MapJobs:
 
     async def release(self, body: Mapping) -> None:
         """Finalizer: the Job and its pods are gone before the MapJob is."""
-        from .kube import ApiError
-
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         await self._delete_job(ns, name)

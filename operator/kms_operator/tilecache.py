@@ -11,14 +11,14 @@ the outdated directories are purged by a cache-purge MapJob."""
 
 from __future__ import annotations
 
-import base64
-import gzip
 import hashlib
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from kms_crds.configmap_files import is_gzipped, put_file, read_file
+from kms_crds.mapdataset import SHAPE_STATUS_FIELDS
 from kms_crds.mapservice import DEFAULT_TILES_IMAGE, DEFAULT_TILES_RESOURCES, MapServiceSpec, TileCache
 
 from .builders import CONTAINER_SECURITY, Owner
@@ -29,22 +29,11 @@ CACHE_ROOT = "/var/cache/mapcache"
 CONFIG_DIR = "/etc/mapcache"
 CONFIG_FILE = "mapcache.xml"
 VERSIONS_FILE = "versions.json"
-# A ConfigMap holds at most 1 MiB (~700 bytes of XML per tileset): larger files are stored gzipped.
-MAX_PLAIN = 256 * 1024
 PORT = 8080
 TILES_UID = 10001
 HTTPD_COMMAND = "kms-mapcache-httpd"  # the tile cache image's entry script: Apache + mod_mapcache
 HEALTH_PATH = "/tms/1.0.0/"  # answered by MapCache itself from the configuration (no rendering)
-VERSION_STATUS_FIELDS = (
-    "extent",
-    "wgs84Bbox",
-    "geometryType",
-    "bandCount",
-    "valueRange",
-    "layerName",
-    "checksum",
-    "size",
-)
+VERSION_STATUS_FIELDS = (*SHAPE_STATUS_FIELDS, "checksum", "size")  # what a dataset's tiles depend on
 FORMATS = {"png": ("kms-png", "PNG", "image/png", "png"), "jpeg": ("kms-jpeg", "JPEG", "image/jpeg", "jpg")}
 MERCATOR_LAT = 85.0511287798066
 
@@ -172,27 +161,18 @@ def build_tiles_configmap(owner: Owner, xml: str, versions: Mapping[str, str], d
     meta["annotations"] = {HASH_ANNOTATION: digest}
     cm: dict = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "immutable": True, "data": {}}
     for name, text in ((CONFIG_FILE, xml), (VERSIONS_FILE, json.dumps(dict(sorted(versions.items()))))):
-        raw = text.encode()
-        if len(raw) > MAX_PLAIN:
-            cm.setdefault("binaryData", {})[name + ".gz"] = base64.b64encode(
-                gzip.compress(raw, 6, mtime=0)
-            ).decode()
-        else:
-            cm["data"][name] = text
+        put_file(cm, name, text)  # gzipped when large (~700 bytes of XML per tileset)
     return cm
 
 
 def configmap_file(data: Mapping | None, binary_data: Mapping | None, name: str) -> str | None:
     """A file of a tile cache ConfigMap, plain or gzipped (the inverse of build_tiles_configmap)."""
-    if binary_data and name + ".gz" in binary_data:
-        return gzip.decompress(base64.b64decode(binary_data[name + ".gz"])).decode()
-    return (data or {}).get(name)
+    return read_file(data, binary_data, name)
 
 
 def config_path(configmap: Mapping) -> str:
     """Where the tile server finds the configuration in its pod (plain or .gz)."""
-    gz = CONFIG_FILE + ".gz" in (configmap.get("binaryData") or {})
-    return f"{CONFIG_DIR}/{CONFIG_FILE}" + (".gz" if gz else "")
+    return f"{CONFIG_DIR}/{CONFIG_FILE}" + (".gz" if is_gzipped(configmap, CONFIG_FILE) else "")
 
 
 def build_tiles_deployment(

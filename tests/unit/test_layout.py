@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import re
 import sysconfig
 from pathlib import Path
 
@@ -17,3 +18,15 @@ def test_operator_is_not_a_python_package():
 def test_readme_names_the_two_commands():
     text = (REPO / "README.md").read_text()
     assert "make dev" in text and "make test" in text
+
+
+def test_every_operator_setting_is_in_the_readme_table():
+    """Each KMS_* variable the operator reads has a row in the README's settings table."""
+    code = "".join(p.read_text() for p in (REPO / "operator" / "kms_operator").glob("*.py"))
+    used = set(re.findall(r'"(KMS_[A-Z_]+)"', code))
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### Operator settings") :]
+    table = table[: table.index("\n\n", table.index("| variable"))]
+    documented = set(re.findall(r"^\| `(KMS_[A-Z_]+)`(?:, `(KMS_[A-Z_]+)`)?", table, re.M))
+    documented = {name for row in documented for name in row if name}
+    assert used - documented == set()

@@ -205,7 +205,7 @@ def test_deterministic_and_order_independent() -> None:
 def test_operator_snapshots_build_the_same_mapfile_one_parsed_dataset_at_a_time() -> None:
     """The operator builds from index snapshots through LayerRefs: same text as from parsed inputs,
     and parsed datasets do not pile up (at most the one written and the one before are alive)."""
-    from kms_operator import reconcile
+    from kms_operator import snapshots
 
     spec, few = CASES["all"]
     datasets = [
@@ -216,7 +216,7 @@ def test_operator_snapshots_build_the_same_mapfile_one_parsed_dataset_at_a_time(
         for d in few
     ]
     snaps = [
-        reconcile.dataset_snapshot(
+        snapshots.dataset_snapshot(
             {
                 "metadata": {"name": d.name, "uid": d.name, "generation": 1},
                 "spec": d.spec.model_dump(by_alias=True, exclude_none=True, mode="json"),
@@ -238,10 +238,10 @@ def test_operator_snapshots_build_the_same_mapfile_one_parsed_dataset_at_a_time(
 
         return dataclasses.replace(ref, load=load)
 
-    refs = [counted(reconcile.layer_ref(s)) for s in snaps]
+    refs = [counted(snapshots.layer_ref(s)) for s in snaps]
     assert build_mapfile("maps", spec, refs) == build_mapfile("maps", spec, datasets)
     assert len(loaded) == len(datasets) and most <= 2  # the one being written and the one before
-    slims = [reconcile.slim_input(s) for s in snaps]
+    slims = [snapshots.slim_input(s) for s in snaps]
     assert [(x.name, x.spec.identifier, x.spec.title, x.status.wgs84_bbox) for x in slims] == [
         (d.name, d.spec.identifier, d.spec.title, d.status.wgs84_bbox) for d in datasets
     ]

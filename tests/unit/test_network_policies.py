@@ -128,10 +128,10 @@ def test_default_resources_apply_when_the_spec_names_none():
 def test_every_child_kind_is_known_to_the_api_client_and_watched():
     """The operator's API client maps each kind it applies to its resource (a missing one fails
     every reconcile), and drift in each is watched (a deleted child is restored)."""
-    from kms_operator import handlers
+    from kms_operator.kinds import CHILD_RESOURCES, OPTIONAL_KINDS
     from kms_operator.kube import PLURALS
 
-    kinds = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"), *builders.OPTIONAL_KINDS]
+    kinds = [("v1", "ConfigMap"), ("apps/v1", "Deployment"), ("v1", "Service"), *OPTIONAL_KINDS]
     assert all(k in PLURALS for k in kinds), [k for k in kinds if k not in PLURALS]
     watched = {PLURALS[k] for k in kinds}
-    assert watched <= {r[-1] for r in handlers.CHILD_RESOURCES}
+    assert watched <= {r[-1] for r in CHILD_RESOURCES}

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import asyncio
 
-from kms_operator.reconcile import Operator
+from kms_operator.runtime import Operator
 from kms_operator.settings import Settings
 
 
 def test_forget_service_drops_its_render_cache_lock_and_timers() -> None:
     op = Operator(kube=None, settings=Settings())  # type: ignore[arg-type]  # no API call is made
+    services, locks = op.services, op.state.locks
     for ns, name in (("a", "svc"), ("a", "other")):
-        op.rendered[(ns, name)] = ("key", [], [], [], b"mapfile", [])
-        op.pending_since[(ns, name)] = 1.0
-        op.service_cost[(ns, name)] = 0.1
-        op.locks[(ns, name)] = asyncio.Lock()
-    op.locks[("MapJob", "a", "svc")] = asyncio.Lock()
+        services.rendered[(ns, name)] = ("key", [], [], [], b"mapfile", [])
+        services.pending_since[(ns, name)] = 1.0
+        services.service_cost[(ns, name)] = 0.1
+        locks[(ns, name)] = asyncio.Lock()
+    locks[("MapJob", "a", "svc")] = asyncio.Lock()
 
-    op.forget_service("a", "svc")
+    services.forget("a", "svc")
 
-    for table in (op.rendered, op.pending_since, op.service_cost):
+    for table in (services.rendered, services.pending_since, services.service_cost):
         assert list(table) == [("a", "other")]
-    assert set(op.locks) == {
+    assert set(locks) == {
         ("a", "other"),
         ("MapJob", "a", "svc"),
     }  # a MapJob of the same name is not touched

@@ -1,0 +1,39 @@
+"""The composition root: makes the shared State and wires the reconcilers and their queues.
+
+    handlers (Kopf) ─► Operator ─► Datasets ──┐            (dataset status, servedBy)
+                                  Services ──┼─► State   (API client, settings, indexes, locks)
+                                  TileCaches ┤
+                                  MapJobs  ──┘
+Datasets queue service reconciles; Services re-check the datasets' servedBy (Served)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .datasets import Datasets
+from .kube import Kube
+from .mapjobs import MapJobs
+from .served import Served
+from .services import Services
+from .settings import Settings
+from .state import State
+from .tilecache_reconcile import TileCaches
+
+
+@dataclass
+class Operator:
+    """The running operator: one per process, kept in Kopf's memo (handlers.py)."""
+
+    kube: Kube
+    settings: Settings
+    background: list[asyncio.Task] = field(default_factory=list)  # housekeeping tasks
+
+    def __post_init__(self) -> None:
+        self.state = State(self.kube, self.settings)
+        self.served = Served(self.state)
+        self.services = Services(self.state, self.served, TileCaches(self.state))
+        self.datasets = Datasets(
+            self.state, self.served, self.services.queue.request, self.services.reconcile
+        )
+        self.mapjobs = MapJobs(self.state)

@@ -1,0 +1,276 @@
+"""MapService reconcile, in four steps: render (the mapfile from the selected datasets, cached by
+what it depends on; waits a little for datasets still being inspected), build (the desired children,
+pure: builders.py), apply (server-side apply, optional kinds deleted when not wanted, old ConfigMaps
+pruned, the tile cache), status (service_status.py, pure) and the servedBy fields of the datasets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections.abc import Mapping
+from typing import NamedTuple
+
+from kms_crds import API_VERSION
+from kms_crds.mapservice import MapServiceSpec
+
+from . import builders, rollout
+from .children import delete_children, prune_configmaps
+from .conditions import Problem, settle_status, status_conditions
+from .kinds import DEPLOYMENT, OPTIONAL_KINDS, POD
+from .kube import ApiError, event_ref
+from .mapfile import build_config, build_mapfile, mapfile_hash
+from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES, SERVICE_PASSES
+from .queues import Debouncer, Key
+from .served import Served
+from .service_status import rollout_of, service_events, service_status
+from .snapshots import SlimInput, is_pending, render_key, select, selected
+from .state import State, service_lane
+from .tilecache_reconcile import TileCaches
+
+PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
+ROLLOUT_POLL = 5.0  # seconds between looks at a MapServer rollout in progress (for a failing mapfile check)
+
+
+class Rendered(NamedTuple):
+    """A service's mapfile and what its status and tile cache need of the selection."""
+
+    datasets: list[SlimInput]
+    excluded: list[str]
+    mapfile: str
+
+
+class Services:
+    """The MapService reconciler, with its own queue (paced by the CPU a pass costs)."""
+
+    def __init__(self, state: State, served: Served, tile_caches: TileCaches):
+        self.state, self.served, self.tile_caches = state, served, tile_caches
+        self.queue = Debouncer("service reconcile", state.settings.debounce_seconds, self._run, pace=2.0)
+        self.rendered: dict[Key, tuple] = {}  # last render per service, keyed by its inputs
+        self.pending_since: dict[Key, float] = {}
+        # CPU seconds the last reconcile of a service spent on the event loop (render key, selection,
+        # mapfile, servedBy checks): paces its queue
+        self.service_cost: dict[Key, float] = {}
+        self.rollout_polls: dict[Key, asyncio.TimerHandle] = {}  # services rolling out
+
+    async def _run(self, key: Key) -> float:
+        await self.reconcile(*key)
+        return self.service_cost.pop(key, 0.0)
+
+    async def reconcile(self, ns: str, name: str, exclude: set[str] | None = None) -> None:
+        state = self.state
+        with service_lane():
+            async with state.lock((ns, name)):
+                t0 = time.monotonic()
+                body = await state.call(state.kube.get, API_VERSION, "MapService", ns, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return
+                try:
+                    await self._reconcile(body, exclude or set())
+                    RECONCILES.labels(kind="MapService", result="ok").inc()
+                except ApiError as e:
+                    RECONCILES.labels(kind="MapService", result="error").inc()
+                    if e.transient:
+                        raise
+                    await self._report_failure(body, e)  # retrying cannot help: tell the user
+                except Exception:
+                    RECONCILES.labels(kind="MapService", result="error").inc()
+                    raise
+                finally:
+                    RECONCILE_SECONDS.labels(kind="MapService").observe(time.monotonic() - t0)
+
+    def _wait_for_pending(self, key: Key, t0: float) -> bool:
+        """True (and the service queued again) while selected datasets may still be inspected."""
+        if time.monotonic() - self.pending_since.setdefault(key, time.monotonic()) < PENDING_GRACE:
+            self.queue.request(key)
+            self.service_cost[key] = time.thread_time() - t0
+            return True
+        return False
+
+    def _render(
+        self, ns: str, name: str, spec: MapServiceSpec, gen: int | None, exclude: set[str], t0: float
+    ) -> Rendered | None:
+        """The mapfile and selection (None: wait for datasets being inspected, the service is queued
+        again). Nothing that shapes the mapfile changed since the last pass: no rebuild."""
+        key = (ns, name)
+        datasets = self.state.datasets_in(ns)
+        rkey = render_key(datasets, gen, spec, exclude)
+        cached = self.rendered.get(key)
+        if cached and cached[0] == rkey:
+            _, included, excluded, pending, packed, refs = cached
+            excluded = list(excluded)
+            mapfile = zlib.decompress(packed).decode() if packed else ""
+        else:
+            if any(is_pending(d) for d in selected(datasets, spec, exclude)) and self._wait_for_pending(
+                key, t0
+            ):
+                return None
+            included, refs, excluded, pending = select(datasets, spec, exclude)
+            mapfile = build_mapfile(name, spec, refs) if not pending else ""
+            if not pending:
+                MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
+            # kept: the render key, what the status and tile cache need of each dataset, the
+            # mapfile compressed (10,000 layers are ~8 MB of text)
+            self.rendered[key] = (
+                rkey,
+                included,
+                list(excluded),
+                pending,
+                zlib.compress(mapfile.encode(), 1) if mapfile else b"",
+                [] if mapfile else refs,  # (the mapfile is built later, when pending ones are waited out)
+            )
+        if pending:  # being inspected right now: wait for them (bounded) rather than roll out twice
+            if self._wait_for_pending(key, t0):
+                return None
+            excluded += [f"{p} (NotInspected)" for p in pending]
+        if not mapfile:  # pending datasets waited out: build without them
+            mapfile = build_mapfile(name, spec, refs)
+            MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
+        self.pending_since.pop(key, None)
+        return Rendered(included, excluded, mapfile)
+
+    async def _reconcile(self, body: dict, exclude: set[str]) -> None:
+        state, settings = self.state, self.state.settings
+        call, kube = state.call, state.kube
+        meta = body["metadata"]
+        ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+        t0 = time.thread_time()  # the synchronous parts below are what a selection of 10,000 costs
+        old_status = dict(body.get("status") or {})
+        ref = event_ref(body, "MapService")
+        spec = MapServiceSpec.model_validate(body["spec"])
+        owner = builders.Owner(name, ns, meta["uid"])
+        tc = spec.tile_cache
+        cached = tc is not None and tc.enabled
+        # The datasets as this pass sees them: the mapfile and the tile cache's dataset versions
+        # must come from the same snapshots (the index changes while the pass awaits the API; a tile
+        # version of a newer snapshot could go live before MapServer serves that snapshot's mapfile).
+        snaps = {d["name"]: d for d in state.datasets_in(ns)} if cached else {}
+
+        # render
+        rendered = self._render(ns, name, spec, gen, exclude, t0)
+        if rendered is None:
+            return
+        # build
+        config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
+        digest = mapfile_hash(rendered.mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
+        children = builders.build_children(
+            owner, spec, rendered.mapfile, config, digest, settings.mapserver_image, settings.network_policies
+        )
+        cost = time.thread_time() - t0
+        # apply
+        config_map = children["configmap"]["metadata"]["name"]
+        live_deploy = await call(kube.get, *DEPLOYMENT, ns, name)
+        created_cm, _ = await call(kube.apply, children["configmap"])
+        if created_cm:
+            MAPFILE_RENDERS.labels(namespace=ns, service=name).inc()
+            message = f"mapfile {digest} with {len(rendered.datasets)} layers"
+            await call(kube.event, ref, "Normal", "MapfileUpdated", message)
+        changed, deploy = await call(kube.apply, children["deployment"], live_deploy)
+        if changed and live_deploy is not None:
+            await call(kube.event, ref, "Normal", "DeploymentUpdated", "MapServer deployment updated")
+        await call(kube.apply, children["service"])
+        for api_version, kind in OPTIONAL_KINDS:
+            desired = children[kind]
+            if desired is not None:
+                await call(kube.apply, desired)
+            elif await call(kube.get, api_version, kind, ns, name) is not None:
+                await call(kube.delete, api_version, kind, ns, name)
+                await call(kube.event, ref, "Normal", "Removed", f"{kind} removed (no longer in spec)")
+        await prune_configmaps(state, ns, name, keep=config_map)
+        ro = rollout_of(deploy, spec.replicas)
+        stall = None if ro.rolled else await self._rollout_stall(ns, name, digest, deploy)
+        if not ro.rolled and not stall:
+            self._poll_rollout(ns, name)  # (a failing mapfile check changes no Deployment status)
+        tile_cache = await self.tile_caches.reconcile(
+            owner,
+            spec,
+            rendered.datasets,
+            ro.rolled,
+            ref,
+            had_cache=bool(old_status.get("tileCache")),
+            snaps=snaps,
+        )
+        # status
+        status, conds = service_status(
+            gen,
+            ro,
+            stall,
+            [d.name for d in rendered.datasets],
+            rendered.excluded,
+            digest,
+            config_map,
+            builders.service_url(name, ns, spec, settings.service_url_template),
+            tile_cache,
+            tile_cache_wms=cached and tc.wms,
+        )
+        if settle_status(old_status, status, conds):
+            await call(kube.patch_status, API_VERSION, "MapService", ns, name, status)
+            for event in service_events(old_status, status, conds, stall):
+                await call(kube.event, ref, *event)
+        # datasets whose servedBy changes because of this service
+        t0 = time.thread_time()
+        before = set(old_status.get("datasets") or [])
+        matches = spec.dataset_selector.matches
+        self.served.check(
+            ns, (d for d in state.datasets_in(ns) if d["name"] in before or matches(d["labels"]))
+        )
+        self.service_cost[(ns, name)] = cost + time.thread_time() - t0
+        SERVICE_PASSES.labels(namespace=ns, service=name).inc()  # (servedBy fixes are queued by now)
+
+    async def _rollout_stall(self, ns: str, name: str, digest: str, deploy: dict) -> Problem | None:
+        """Why the MapServer rollout of this mapfile cannot finish, if it cannot (rollout.py)."""
+        state = self.state
+        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=mapserver"
+        failed = rollout.failed_check(await state.call(state.kube.list, *POD, ns, selector), digest)
+        if failed:
+            log_text = await state.call(rollout.check_log, state.kube, ns, failed[0])
+            return rollout.load_failure(failed[0], failed[1], log_text)
+        return rollout.deadline_exceeded(deploy)
+
+    def _poll_rollout(self, ns: str, name: str) -> None:
+        """Look at the service again in a while: a rollout in progress may stall without any event."""
+        key = (ns, name)
+        if key in self.rollout_polls:
+            return
+
+        def fire() -> None:
+            self.rollout_polls.pop(key, None)
+            self.queue.request(key)
+
+        self.rollout_polls[key] = asyncio.get_running_loop().call_later(ROLLOUT_POLL, fire)
+
+    async def _report_failure(self, body: dict, error: ApiError) -> None:
+        state = self.state
+        meta = body["metadata"]
+        gen = meta.get("generation")
+        old = dict(body.get("status") or {})
+        message = str(error)[:1000]
+        conds = status_conditions(
+            gen, ready=False, reason="ApplyFailed", message=message, stalled=("ApplyFailed", message)
+        )
+        status = {"observedGeneration": gen}
+        if settle_status(old, status, conds):
+            ns, name = meta["namespace"], meta["name"]
+            await state.call(state.kube.patch_status, API_VERSION, "MapService", ns, name, status)
+            await state.call(
+                state.kube.event, event_ref(body, "MapService"), "Warning", "ApplyFailed", message
+            )
+
+    async def release(self, body: Mapping) -> None:
+        """Finalizer: delete every child, check none is left, then let the MapService go."""
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        async with self.state.lock((ns, name)):
+            await delete_children(self.state, ns, name)
+        self.forget(ns, name)
+        for d in self.state.datasets_in(ns):
+            if name in (d["status"].get("servedBy") or []):
+                self.served.queue.request((ns, d["name"]))
+
+    def forget(self, ns: str, name: str) -> None:
+        """Drop what is kept in memory for a released service (its render cache holds the mapfile)."""
+        for table in (self.rendered, self.pending_since, self.service_cost, self.state.locks):
+            table.pop((ns, name), None)
+        poll = self.rollout_polls.pop((ns, name), None)
+        if poll is not None:
+            poll.cancel()

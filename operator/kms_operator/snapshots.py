@@ -1,0 +1,229 @@
+"""What the operator keeps in memory about MapDatasets and MapServices (the Kopf index values), and
+the pure functions that select and order a service's datasets from them. No I/O."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+from pydantic import ValidationError
+
+from kms_crds.common import LabelSelector
+from kms_crds.mapdataset import SHAPE_STATUS_FIELDS, MapDatasetSpec, MapDatasetStatus
+from kms_crds.mapservice import MapServiceSpec
+
+from .conditions import get_condition
+from .mapfile import DatasetInput, LayerRef, epsg, layer_name
+
+log = logging.getLogger("kms_operator")
+RENDER_STATUS_FIELDS = (*SHAPE_STATUS_FIELDS, "sourceLayer")  # what a service's mapfile depends on
+
+
+class DatasetSnapshot(dict):
+    """A MapDataset as the operator keeps it in memory (the index value), compact: spec and status
+    are held as JSON bytes and decoded (a fresh copy) when read as snapshot["spec"] / ["status"].
+    Ten thousand datasets as nested dicts are ~150 objects each, allocated one by one between the
+    transient objects of a burst: they cost ~20 KB a dataset and keep the allocator from giving
+    memory back. What the hot paths need (readiness, the render key part) is kept decoded."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str):
+        if key == "spec" or key == "status":
+            return json.loads(dict.__getitem__(self, "_" + key))
+        raise KeyError(key)
+
+
+def _compact(value: Mapping | None) -> bytes:
+    return json.dumps(value or {}, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def dataset_snapshot(body: Mapping) -> dict:
+    """What the operator keeps in memory about a MapDataset (the index value). A new snapshot is
+    made on every change of the object."""
+    meta = body.get("metadata", {})
+    status = body.get("status") or {}
+    ready = get_condition(status, "Ready") or {}
+    snap = DatasetSnapshot(
+        name=meta.get("name"),
+        uid=meta.get("uid"),
+        rv=meta.get("resourceVersion"),
+        generation=meta.get("generation"),
+        labels=dict(meta.get("labels") or {}),
+        deleting=bool(meta.get("deletionTimestamp")),
+        _spec=_compact(body.get("spec")),
+        _status=_compact(status),
+        # the Ready condition: (status, reason, observedGeneration), or None without one
+        _ready=(ready.get("status"), ready.get("reason"), ready.get("observedGeneration")) if ready else None,
+    )
+    spec = body.get("spec") or {}
+    identifier = spec.get("identifier") or ""
+    # what selection, layer order and map extent need, without parsing the spec (see LayerRef)
+    snap["_layer"] = (
+        identifier,
+        layer_name(identifier),
+        spec.get("title"),
+        epsg(spec.get("projection")) or epsg((status.get("extent") or {}).get("crs")),
+        status.get("wgs84Bbox"),
+    )
+    snap["_render"] = (
+        snap["name"],
+        snap["generation"],
+        ready.get("status"),
+        ready.get("reason"),
+        ready.get("observedGeneration"),
+        json.dumps([status.get(k) for k in RENDER_STATUS_FIELDS], sort_keys=True),
+    )
+    return snap
+
+
+class _SlimSpec(NamedTuple):
+    identifier: str
+    title: str | None
+
+
+class _SlimStatus(NamedTuple):
+    wgs84_bbox: list[float] | None
+
+
+class SlimInput(NamedTuple):
+    """What the status and the tile cache need of a served dataset (name, identifier, title, bbox)."""
+
+    name: str
+    spec: _SlimSpec
+    status: _SlimStatus
+
+
+def service_snapshot(body: Mapping) -> dict:
+    meta = body.get("metadata", {})
+    return {
+        "name": meta.get("name"),
+        "uid": meta.get("uid"),
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "generation": meta.get("generation"),
+        "spec": dict(body.get("spec") or {}),
+        # only ever tested for membership: a set (a 10,000-name list scanned per dataset event is slow)
+        "datasets": frozenset((body.get("status") or {}).get("datasets") or []),
+    }
+
+
+def is_ready(snapshot: dict) -> bool:
+    if "_ready" in snapshot:
+        ready = snapshot["_ready"]
+        return bool(ready and ready[0] == "True" and ready[2] == snapshot["generation"])
+    ready = get_condition(snapshot["status"], "Ready")
+    return bool(
+        ready and ready.get("status") == "True" and ready.get("observedGeneration") == snapshot["generation"]
+    )
+
+
+def selector_of(service: dict) -> LabelSelector:
+    """The service's parsed dataset selector (parsed once per service snapshot)."""
+    sel = service.get("_selector")
+    if sel is None:
+        sel = LabelSelector.model_validate(service["spec"].get("datasetSelector") or {})
+        service["_selector"] = sel
+    return sel
+
+
+def service_spec_of(service: dict) -> MapServiceSpec:
+    """The service's parsed spec (parsed once per service snapshot)."""
+    spec = service.get("_model")
+    if spec is None:
+        spec = service["_model"] = MapServiceSpec.model_validate(service["spec"])
+    return spec
+
+
+def render_part(d: dict) -> tuple:
+    """What the mapfile depends on of one dataset snapshot: its generation, readiness and
+    inspected shape (not servedBy, url or timestamps). Computed when the snapshot is made."""
+    return d["_render"]
+
+
+def is_pending(d: dict) -> bool:
+    """Selected but not inspected (for its generation) yet."""
+    ready = d["_ready"]
+    return not ready or ready[2] != d["generation"]
+
+
+def parsed_dataset(d: dict) -> tuple[MapDatasetSpec, MapDatasetStatus] | None:
+    """The snapshot's spec and status as models (None when invalid)."""
+    try:
+        return MapDatasetSpec.model_validate(d["spec"]), MapDatasetStatus.model_validate(d["status"])
+    except ValidationError:
+        return None
+
+
+def _load(d: dict) -> DatasetInput | None:
+    parsed = parsed_dataset(d)
+    if parsed is None:  # Ready means valid for this generation; only a stricter new model gets here
+        log.warning("dataset %s no longer matches the schema: left out of the mapfile", d["name"])
+        return None
+    return DatasetInput(d["name"], *parsed)
+
+
+def layer_ref(d: dict) -> LayerRef:
+    """A selected dataset for the mapfile build; parsed only when its LAYER is written."""
+    _, layer, _, native_crs, bbox = d["_layer"]
+    return LayerRef(d["name"], layer, native_crs, bbox, functools.partial(_load, d))
+
+
+def slim_input(d: dict) -> SlimInput:
+    identifier, _, title, _, bbox = d["_layer"]
+    return SlimInput(d["name"], _SlimSpec(identifier, title), _SlimStatus(bbox))
+
+
+def services_context(services: Iterable[dict]) -> tuple:
+    """Identity of the services of a namespace as far as a dataset's servedBy, url and tile
+    cache depend on them."""
+    return tuple(sorted((s["name"], s["uid"], s.get("generation"), s["deleting"]) for s in services))
+
+
+def selected(datasets: Iterable[dict], spec: MapServiceSpec, exclude: set[str]) -> list[dict]:
+    """The snapshots the service's selector selects (not those being deleted or excluded)."""
+    matches = spec.dataset_selector.matches
+    return [d for d in datasets if not d["deleting"] and d["name"] not in exclude and matches(d["labels"])]
+
+
+def render_key(
+    datasets: Iterable[dict], generation: int | None, spec: MapServiceSpec, exclude: set[str]
+) -> tuple:
+    """Everything the mapfile depends on: the service generation and, per selected dataset,
+    its generation, readiness and inspected shape (not servedBy, url or timestamps)."""
+    return generation, tuple(sorted(render_part(d) for d in selected(datasets, spec, exclude)))
+
+
+class Selection(NamedTuple):
+    """A service's datasets: included (as slim inputs and as layer refs), excluded with reasons,
+    and pending (selected but not inspected for their generation yet)."""
+
+    included: list[SlimInput]
+    refs: list[LayerRef]
+    excluded: list[str]
+    pending: list[str]
+
+
+def select(datasets: Iterable[dict], spec: MapServiceSpec, exclude: set[str]) -> Selection:
+    """Sort the selected datasets into a Selection, in name order. Nothing is parsed here: Ready
+    means valid for the current generation."""
+    out = Selection([], [], [], [])
+    seen_layers: dict[str, str] = {}
+    for d in sorted(selected(datasets, spec, exclude), key=lambda d: d["name"]):
+        if not is_ready(d):
+            ready = d["_ready"]
+            if is_pending(d):
+                out.pending.append(d["name"])
+            else:
+                out.excluded.append(f"{d['name']} ({ready[1] if ready else 'NotInspected'})")
+            continue
+        layer = d["_layer"][1]
+        if layer in seen_layers:
+            out.excluded.append(f"{d['name']} (DuplicateLayerName with {seen_layers[layer]})")
+            continue
+        seen_layers[layer] = d["name"]
+        out.included.append(slim_input(d))
+        out.refs.append(layer_ref(d))
+    return out

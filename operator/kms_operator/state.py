@@ -1,0 +1,67 @@
+"""What every reconciler shares: the API client, the settings, Kopf's in-memory indexes (the
+dataset and service snapshots per namespace), per-object locks, and the threads API calls and GDAL
+run on. Made once at startup and kept in Kopf's memo (handlers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .kube import Kube
+from .settings import Settings
+
+# GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
+GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
+# API calls of service reconciles get their own threads: during a bulk apply thousands of dataset
+# status patches and Events wait for the default executor, and a service selecting them all would
+# otherwise wait behind every one of them before it can roll out its new mapfile.
+SERVICE_EXECUTOR = ThreadPoolExecutor(max_workers=4, thread_name_prefix="service-api")
+_SERVICE_LANE: contextvars.ContextVar[bool] = contextvars.ContextVar("kms_service_lane", default=False)
+
+
+@dataclass
+class State:
+    kube: Kube
+    settings: Settings
+    datasets: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
+    services: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
+    locks: dict[tuple, asyncio.Lock] = field(default_factory=dict)
+
+    def use_indexes(self, datasets: Mapping | None, services: Mapping | None) -> None:
+        """Read snapshots from Kopf's indexes (live views, handed to every handler)."""
+        if datasets is not None:
+            self.datasets = datasets
+        if services is not None:
+            self.services = services
+
+    def lock(self, key: tuple) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def datasets_in(self, namespace: str) -> list[dict]:
+        return list(self.datasets.get(namespace, []))
+
+    def services_in(self, namespace: str) -> list[dict]:
+        return list(self.services.get(namespace, []))
+
+    async def call(self, fn, *args, **kwargs):
+        """Run a blocking API call in a thread (the service lane's own threads inside service_lane())."""
+        if _SERVICE_LANE.get():
+            return await asyncio.get_running_loop().run_in_executor(
+                SERVICE_EXECUTOR, functools.partial(fn, *args, **kwargs)
+            )
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def service_lane() -> Iterator[None]:
+    """API calls made inside (by this task) run on SERVICE_EXECUTOR."""
+    token = _SERVICE_LANE.set(True)
+    try:
+        yield
+    finally:
+        _SERVICE_LANE.reset(token)

@@ -1,0 +1,113 @@
+"""The operator's work queues (queues.py): bursts coalesce, a request during a run reruns once,
+failures are retried a bounded number of times."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kms_operator.queues import BatchQueue, Debouncer
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_burst_of_requests_for_one_key_is_one_run() -> None:
+    async def main() -> list:
+        runs: list = []
+
+        async def work(key):
+            runs.append(key)
+
+        q = Debouncer("test", 0.0, work, backoff=0.0)
+        for _ in range(50):
+            q.request(("ns", "a"))
+        q.request(("ns", "b"))
+        await q.idle()
+        assert not q.tasks
+        return runs
+
+    assert sorted(run(main())) == [("ns", "a"), ("ns", "b")]
+
+
+def test_a_request_during_a_run_runs_the_key_once_more() -> None:
+    async def main() -> int:
+        runs = 0
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def work(key):
+            nonlocal runs
+            runs += 1
+            if runs == 1:
+                started.set()
+                await release.wait()
+
+        q = Debouncer("test", 0.0, work, backoff=0.0)
+        q.request(("ns", "a"))
+        await started.wait()
+        for _ in range(5):  # while the first run is busy: all of these make one more run
+            q.request(("ns", "a"))
+        release.set()
+        await q.idle()
+        return runs
+
+    assert run(main()) == 2
+
+
+def test_failures_are_retried_until_success_or_the_retry_limit() -> None:
+    async def main(fail_times: int, retries: int) -> int:
+        calls = 0
+
+        async def work(key):
+            nonlocal calls
+            calls += 1
+            if calls <= fail_times:
+                raise RuntimeError("API down")
+
+        q = Debouncer("test", 0.0, work, retries=retries, backoff=0.0)
+        q.request(("ns", "a"))
+        await q.idle()
+        assert not q.tasks
+        return calls
+
+    assert run(main(fail_times=2, retries=5)) == 3  # two failures, then it worked
+    assert run(main(fail_times=100, retries=4)) == 4  # given up after the fourth failure
+
+
+def test_a_batch_queue_runs_one_batch_per_namespace_and_retries_only_the_failed() -> None:
+    async def main() -> list:
+        batches: list = []
+
+        async def work(ns, names):
+            batches.append((ns, sorted(names)))
+            return {"b": RuntimeError("conflict")} if len(batches) == 1 and ns == "x" else {}
+
+        q = BatchQueue("test", 0.0, work, backoff=0.0)
+        for name in ("a", "b", "c"):
+            q.request(("x", name))
+        q.request(("y", "a"))
+        await q.idle()
+        assert not q.tasks and not q.failures
+        return batches
+
+    batches = run(main())
+    assert sorted(batches) == [("x", ["a", "b", "c"]), ("x", ["b"]), ("y", ["a"])]
+    assert batches.index(("x", ["a", "b", "c"])) < batches.index(("x", ["b"]))
+
+
+def test_a_batch_that_raises_is_retried_whole_and_given_up_after_the_limit() -> None:
+    async def main() -> list:
+        batches: list = []
+
+        async def work(ns, names):
+            batches.append(sorted(names))
+            raise RuntimeError("API down")
+
+        q = BatchQueue("test", 0.0, work, retries=3, backoff=0.0)
+        q.request(("x", "a"))
+        q.request(("x", "b"))
+        await q.idle()
+        assert not q.tasks and not q.failures
+        return batches
+
+    assert run(main()) == [["a", "b"]] * 3

@@ -37,7 +37,7 @@ _ERROR_LINE = re.compile(r"^\s*(ms\w+\(\)|GDAL|OGR|PROJ).*$")
 class Limits:
     timeout: float = 10.0
     cpu_seconds: int = 10
-    memory_mb: int = 1024
+    memory_mb: int = 512
 
 
 def inspect(

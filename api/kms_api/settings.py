@@ -62,7 +62,7 @@ class Settings:
     preview_wait_seconds: float = 2.0  # how long a preview waits for a slot before 503
     preview_timeout_seconds: float = 10.0  # wall clock of one render; the process is killed after it
     preview_cpu_seconds: int = 10  # RLIMIT_CPU of the render process
-    preview_memory_mb: int = 1024  # RLIMIT_AS of the render process
+    preview_memory_mb: int = 512  # RLIMIT_AS of the render process (a 2048x2048 render needs ~300)
     preview_max_size: int = 2048  # largest width/height a preview may ask for
     allowed_url_hosts: tuple[str, ...] = ()  # hosts URL sources may be previewed from (none by default)
 

@@ -16,6 +16,7 @@ from tests.helpers import (
     FAST_PROBES,
     REPO,
     create_cr,
+    delete_cr,
     get_cr,
     load_yaml_docs,
     service_url,
@@ -76,7 +77,14 @@ def served(cluster, facade):
         return ok and st.get("datasets") == [doc["metadata"]["name"]]
 
     wait_until(ready, f"MapService {SERVICE} Ready with the example raster", 240, interval=0.5)
-    return ns, service_url(cluster.api, ns, SERVICE)
+    yield ns, service_url(cluster.api, ns, SERVICE)
+    # the facade's namespace is shared with the other API tests (their searches must not find these)
+    delete_cr(cluster.api, ns, "MapService", SERVICE)
+    delete_cr(cluster.api, ns, "MapDataset", doc["metadata"]["name"])
+    for kind, name in (("MapService", SERVICE), ("MapDataset", doc["metadata"]["name"])):
+        wait_until(
+            lambda k=kind, n=name: get_cr(cluster.api, ns, k, n) is None, f"{kind} {name} deleted", 120
+        )
 
 
 @pytest.fixture
@@ -292,3 +300,4 @@ def test_patch_changes_the_cr_with_etags_and_refuses_stale_versions(cluster, fac
     assert editor.patch("/datasets/nope", json={"title": "x"}).status_code == 404
     with facade.client("viewer") as viewer:
         assert viewer.patch("/datasets/patch-sst", json={"title": "x"}).status_code == 403
+    assert editor.delete("/datasets/patch-sst").status_code == 200

@@ -3,7 +3,8 @@
 #   kube-mapserver-operator        the Kopf operator (GDAL inspects dataset sources)
 #   python -m kms_api              the FastAPI facade
 #   kube-mapserver-job <type>      the MapJob runner (GDAL)
-# MapServer itself runs from the pinned upstream image (camptocamp/mapserver:8.4), not this one.
+# MapServer's services run from their own image (images/mapserver); this one carries Debian's
+# mapserver-bin only for the facade's style previews (`mapserv` run as a CGI process per render).
 #
 # Debian's python3 (3.11) + python3-gdal: GDAL's Python bindings come from Debian, so the venv is
 # made with --system-site-packages (like the dev venv, hack/setup.sh). Every Python package is
@@ -50,7 +51,7 @@ LABEL org.opencontainers.image.title="kube-mapserver" \
       org.opencontainers.image.version="${VERSION}"
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates mapcache-tools \
+ && apt-get install -y --no-install-recommends python3 python3-gdal ca-certificates mapcache-tools mapserver-bin \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt /var/log/dpkg.log \
  && update-ca-certificates --fresh --localcertsdir /nonexistent >/dev/null \
  && groupadd --gid 10001 kms \
@@ -65,8 +66,10 @@ ENV PATH=/opt/kube-mapserver/bin:$PATH \
     HOME=/tmp \
     CPL_TMPDIR=/tmp \
     KMS_DATA_ROOT=/data
-# Validation: every entry point imports, GDAL is there, mapscript is not (MapServer pods bring it).
+# Validation: every entry point imports, GDAL is there, mapscript is not (MapServer pods bring it),
+# mapserv and prlimit are (the facade's previews: POST /datasets/preview).
 RUN python -c "import kms_operator.handlers, kms_jobs.cli, kms_crds, kms_api; from osgeo import gdal; print('GDAL', gdal.__version__)" \
+ && command -v mapserv >/dev/null && command -v prlimit >/dev/null \
  && kube-mapserver-job --help >/dev/null \
  && ! python -c "import mapscript" 2>/dev/null \
  && ! command -v gcc >/dev/null && ! command -v cc >/dev/null && ! command -v make >/dev/null

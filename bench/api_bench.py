@@ -37,6 +37,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from bench import preview_bench
 from bench.common import PY, REPO, Plane, cluster_mod, dump, log, percentile, sample_data, summary, wait
 
 LIST_TARGET_MS = 30  # p50 of a page from the cache (the same target as the facade row of bench.run)
@@ -380,6 +381,8 @@ def run(
             f"  p95 {f['lists_quiet_ms']['p95']:.1f} ms quiet, {f['lists_during_ms']['p95']:.1f} ms during; "
             f"logins {f['answers']}"
         )
+        log("facade: POST /datasets/preview of the example raster (40 each)")
+        out["preview"] = preview_bench.preview_latency(fac.url, fac.token("editor"), 40)
     finally:
         fac.stop()
     log(f"facade: /health with a hung apiserver ({health_runs} requests)")
@@ -439,6 +442,8 @@ def verdict_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
                 True,
             )
         )
+    if "preview" in r:
+        rows += preview_bench.verdict_rows(r["preview"])
     h = r["health_hung"]
     bound = h["checks"] * h["check_timeout_s"]  # what checks one after the other would take at least
     rows.append(

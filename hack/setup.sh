@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# mapserver-bin: mapserv, which the facade's previews (POST /datasets/preview) run per render
 DEB_PACKAGES=(python3-venv python3-mapscript mapserver-bin gdal-bin python3-gdal openssl curl golang-go mapcache-cgi mapcache-tools
   containerd runc containernetworking-plugins iptables debootstrap buildah)  # the real node + image builds
 missing=()
@@ -36,4 +37,6 @@ if [ ! -f "$stamp" ]; then
 fi
 .venv/bin/python -c "import mapscript, kopf, kubernetes, fastapi" \
   || { log "the venv cannot import mapscript/kopf/kubernetes/fastapi"; exit 1; }
+command -v mapserv >/dev/null && command -v prlimit >/dev/null \
+  || { log "mapserv (mapserver-bin) or prlimit (util-linux) is missing: previews need them"; exit 1; }
 log "ready: .venv ($(.venv/bin/python --version))"

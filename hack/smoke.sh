@@ -184,6 +184,18 @@ code=$(api GET "/datasets?q=$NAME&limit=50")
 [ "$code" = 200 ] || fail "HTTP $code: $(body)"
 [ "$(json "$WORK/body" "any(i['id'] == '$NAME' for i in d['items'])")" = True ] || fail "$NAME not in $(body)"
 
+step "PATCH /datasets/$NAME (merge patch); its old ETag is refused (412)"
+code=$(api GET "/datasets/$NAME" -D "$WORK/headers")
+etag=$(tr -d '\r' <"$WORK/headers" | sed -n 's/^[Ee][Tt][Aa][Gg]: //p')
+[ "$code" = 200 ] && [ -n "$etag" ] || fail "GET /datasets/$NAME: HTTP $code, ETag '$etag'"
+code=$(api PATCH "/datasets/$NAME" -H 'Content-Type: application/merge-patch+json' \
+  -d "{\"abstract\": \"patched by the smoke walk\"}")
+[ "$code" = 200 ] || fail "PATCH: HTTP $code $(body)"
+[ "$(json "$WORK/body" 'd["spec"].get("abstract")')" = "patched by the smoke walk" ] || fail "PATCH: $(body)"
+code=$(api PATCH "/datasets/$NAME" -H 'Content-Type: application/merge-patch+json' -H "If-Match: $etag" \
+  -d '{"title": "stale"}')
+[ "$code" = 412 ] || fail "PATCH with the old ETag $etag: HTTP $code (want 412) $(body)"
+
 # ------------------------------------------------------------------------------------------ job
 if [ "$SMOKE_JOB" = 1 ]; then
   step "POST /jobs/cog-convert"
@@ -263,6 +275,27 @@ else
     log "GetMap not reachable or blank ($LAST): skipped (SMOKE_REQUIRE_WMS=1 makes this fatal)"
   fi
   keep_image "$WORK/map.png"
+
+  step "GET /services/<service> serves $NAME, and its live mapfile has $layer"
+  api GET "/datasets/$NAME" >/dev/null
+  svc=$(json "$WORK/body" '((d.get("status") or {}).get("servedBy") or [""])[0]')
+  [ -n "$svc" ] || fail "no servedBy in $(body)"
+  served_ok() {
+    local code; code=$(api GET "/services/$svc"); LAST="HTTP $code $(body)"
+    [ "$code" = 200 ] && [ "$(json "$WORK/body" "'$NAME' in d['datasets']")" = True ] || return 1
+    code=$(api GET "/services/$svc/mapfile"); LAST="mapfile: HTTP $code $(body)"
+    [ "$code" = 200 ] && grep -q "NAME \"$layer\"" "$WORK/body"
+  }
+  wait_for "service $svc listing $NAME, with $layer in its live mapfile" served_ok
+
+  step "POST /datasets/preview of $NAME's spec: a PNG drawn by MapServer, nothing created"
+  api GET "/datasets/$NAME" >/dev/null
+  json "$WORK/body" 'd["spec"]' >"$WORK/spec.json"
+  code=$(api POST "/datasets/preview" -H 'Content-Type: application/json' --data-binary @"$WORK/spec.json")
+  [ "$code" = 200 ] || fail "preview: HTTP $code $(body)"
+  cp "$WORK/body" "$WORK/preview.png"
+  drawn "$WORK/preview.png" "$SMOKE_MIN_COVERAGE" || fail "preview: $(tail -1 "$WORK/drawn.txt")"
+  keep_image "$WORK/preview.png"
 fi
 
 # ----------------------------------------------------------------------------------- tile cache

@@ -140,6 +140,47 @@ class CRClient:
     def delete_dataset(self, name: str, uid: str | None = None) -> dict | None:
         return self._delete_cr(self.datasets, "mapdatasets", name, uid)
 
+    def validate_dataset(self, spec: dict, labels: dict[str, str] | None = None) -> None:
+        """A dry-run create: the apiserver checks the spec (schema, CEL rules) and stores nothing."""
+        meta: dict[str, Any] = {"generateName": "preview-"}
+        if labels:
+            meta["labels"] = labels
+        body = {"apiVersion": API_VERSION, "kind": "MapDataset", "metadata": meta, "spec": spec}
+        self.kube.call(
+            "POST",
+            cr_path(self.namespace, "mapdatasets"),
+            body,
+            query={"fieldManager": FIELD_MANAGER, "dryRun": "All"},
+        )
+
+    def dataset_live(self, name: str) -> dict | None:
+        """Straight from the apiserver (the cache may be behind a client's If-Match)."""
+        obj = self.kube.get(cr_path(self.namespace, "mapdatasets", name))
+        if obj is not None:
+            self.datasets.upsert(obj)
+        return obj
+
+    def patch_dataset(self, name: str, patch: dict) -> dict:
+        """A JSON merge patch; with metadata.resourceVersion in it the apiserver answers 409 when the
+        object changed since (optimistic concurrency)."""
+        obj = self.kube.call(
+            "PATCH",
+            cr_path(self.namespace, "mapdatasets", name),
+            patch,
+            query={"fieldManager": FIELD_MANAGER},
+            content_type="application/merge-patch+json",
+        )
+        self.datasets.upsert(obj)
+        return obj
+
+    # services (read only)
+    def service(self, name: str) -> dict | None:
+        return self.get_live(self.services, name)
+
+    def configmap(self, name: str) -> dict | None:
+        """One ConfigMap by name, from the apiserver (a MapService's mapfile; `get` only, no watch)."""
+        return self.kube.get(ns_path(self.namespace, "configmaps", name))
+
     # jobs
     def job(self, name: str) -> dict | None:
         return self.get_live(self.jobs, name)

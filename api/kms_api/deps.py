@@ -42,6 +42,12 @@ class Context:
     throttle: LoginThrottle  # this replica's (also the fallback when the apiserver is unavailable)
     gate: HashGate
     shared: SharedThrottle | None = None  # every replica's, in Leases
+    preview_gate: HashGate | None = None  # POST /datasets/preview renders at once (create_app sets it)
+
+    def __post_init__(self) -> None:
+        if self.preview_gate is None:
+            s = self.settings
+            self.preview_gate = HashGate(s.preview_concurrency, s.preview_wait_seconds)
 
     def tokens(self) -> Tokens:
         key = self.cr.secret_data(self.cr.jwt).get("signing-key") or self.cr.ensure_jwt_key()

@@ -16,7 +16,7 @@ from .crclient import CRClient
 from .deps import Context
 from .kube import Kube, KubeError
 from .models import ErrorBody
-from .routers import auth, cache, config, datasets, health, jobs, rendering
+from .routers import auth, cache, config, datasets, health, jobs, preview, rendering, services
 from .settings import Settings, hash_slots
 from .throttle import SharedThrottle
 from .tombstones import Tombstones
@@ -93,8 +93,10 @@ def create_app(settings: Settings | None = None, kube: Kube | None = None) -> Fa
         auth.router,
         config.router,
         health.router,
+        preview.router,
         datasets.router,
         rendering.router,
+        services.router,
         cache.router,
         jobs.router,
     ):

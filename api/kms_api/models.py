@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from kms_crds.common import Condition, LabelSelector
 from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -138,6 +139,59 @@ class PruneRequest(ApiModel):
 class PruneResult(ApiModel):
     dry_run: bool
     datasets: list[str] = Field(description="Datasets whose source is gone (deleted unless dry run).")
+
+
+# ------------------------------------------------------------------ services
+
+
+class TileUrls(ApiModel):
+    url: str | None = Field(None, description="Base URL of the tile cache.")
+    wmts: str | None = Field(None, description="WMTS GetCapabilities.")
+    tms: str | None = Field(None, description="TMS tile URL template.")
+    xyz: str | None = Field(None, description="XYZ tile URL template ({dataset}, {z}, {x}, {y}).")
+    wms: str | None = Field(None, description="Tiled WMS endpoint.")
+
+
+class ServiceUrls(ApiModel):
+    wms: str | None = Field(None, description="WMS GetCapabilities.")
+    wfs: str | None = Field(None, description="WFS GetCapabilities (when a served dataset offers WFS).")
+    wcs: str | None = Field(None, description="WCS GetCapabilities (when a served dataset offers WCS).")
+    ogcapi: str | None = Field(None, description="OGC API landing page (when the service offers it).")
+    tiles: TileUrls | None = Field(None, description="The tile cache, when the service has one.")
+
+
+class ServiceItem(ApiModel):
+    name: str
+    title: str | None = None
+    ready: bool
+    reason: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    dataset_count: int | None = None
+    url: str | None = Field(None, description="WMS endpoint.")
+    created: str | None = None
+
+
+class ServicePage(ApiModel):
+    total: int
+    limit: int
+    offset: int
+    items: list[ServiceItem]
+
+
+class ServiceDetail(ServiceItem):
+    abstract: str | None = None
+    message: str | None = None
+    labels: dict[str, str]
+    generation: int | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition]
+    dataset_selector: LabelSelector
+    datasets: list[str] = Field(description="Names of the MapDatasets in the live mapfile.")
+    excluded: list[str] = Field(description="Selected datasets left out, with reasons.")
+    mapfile_hash: str | None = None
+    config_map: str | None = Field(None, description="ConfigMap holding the live mapfile.")
+    urls: ServiceUrls
 
 
 # ------------------------------------------------------------------ jobs

@@ -13,7 +13,7 @@ from .errors import Problem, field_of
 from .models import DatasetCreate
 from .settings import Settings
 
-RESERVED_IDS = {"duplicates", "hyspex-missing-variants", "upload", "maintenance"}
+RESERVED_IDS = {"duplicates", "hyspex-missing-variants", "upload", "maintenance", "preview"}
 
 
 def derive_id(identifier: str) -> str:
@@ -27,9 +27,10 @@ def derive_identifier(stem: str) -> str:
     return ident[:200] or "dataset"
 
 
-def parse_create(raw: dict) -> DatasetCreate:
+def parse_create(raw: dict, by_name: bool = True) -> DatasetCreate:
+    """A create body (or a patched spec: by_name=False takes camelCase keys only, the wire form)."""
     try:
-        return DatasetCreate.model_validate(raw)
+        return DatasetCreate.model_validate(raw, by_alias=True, by_name=by_name)
     except ValidationError as e:
         err = e.errors()[0]
         field = field_of(err["loc"])
@@ -70,13 +71,17 @@ def check(req: DatasetCreate, cfg: AppConfig, settings: Settings, check_exists: 
         raise Problem(422, f"id {req.id!r} is reserved", "id")
 
 
+def spec_of(req: DatasetCreate) -> dict:
+    """The MapDataset spec of a create body, as it is stored."""
+    return req.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"id", "labels"})
+
+
 def register(cr: CRClient, req: DatasetCreate) -> dict:
     """Create the MapDataset (409 when the name is taken)."""
     name = req.id or derive_id(req.identifier)
     if cr.datasets.get(name) is not None:
         raise Problem(409, f"dataset {name!r} already exists", "id")
-    spec = req.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"id", "labels"})
-    return cr.create_dataset(name, spec, req.labels)
+    return cr.create_dataset(name, spec_of(req), req.labels)
 
 
 def upload_path(settings: Settings, filename: str) -> tuple[str, Path]:

@@ -58,6 +58,13 @@ class Settings:
     hash_wait_seconds: float = 0.5
     tombstone_max_entries: int = 1000
     tombstone_max_age_seconds: int = 30 * 86400
+    preview_concurrency: int = 2  # POST /datasets/preview renders at once (each a mapserv process)
+    preview_wait_seconds: float = 2.0  # how long a preview waits for a slot before 503
+    preview_timeout_seconds: float = 10.0  # wall clock of one render; the process is killed after it
+    preview_cpu_seconds: int = 10  # RLIMIT_CPU of the render process
+    preview_memory_mb: int = 512  # RLIMIT_AS of the render process (a 2048x2048 render needs ~300)
+    preview_max_size: int = 2048  # largest width/height a preview may ask for
+    allowed_url_hosts: tuple[str, ...] = ()  # hosts URL sources may be previewed from (none by default)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -66,7 +73,9 @@ class Settings:
         KMS_LOGIN_MAX_FAILURES, KMS_LOGIN_IP_MAX_FAILURES, KMS_LOGIN_WINDOW,
         KMS_LOGIN_SHARED_THROTTLE (false: per-replica throttling only), KMS_HASH_CONCURRENCY
         (password checks at once; default: half the usable CPUs), KMS_HASH_WAIT (seconds a login waits for
-        one before 503), KMS_TOMBSTONE_MAX, KMS_TOMBSTONE_MAX_AGE."""
+        one before 503), KMS_TOMBSTONE_MAX, KMS_TOMBSTONE_MAX_AGE, KMS_PREVIEW_CONCURRENCY,
+        KMS_PREVIEW_WAIT, KMS_PREVIEW_TIMEOUT, KMS_PREVIEW_CPU_SECONDS, KMS_PREVIEW_MEMORY_MB,
+        KMS_PREVIEW_MAX_SIZE, KMS_ALLOWED_URL_HOSTS (comma list, as the operator's)."""
         e = os.environ if env is None else env
         d = cls()
         data_root = e.get("KMS_DATA_ROOT")
@@ -90,4 +99,13 @@ class Settings:
             hash_wait_seconds=max(0.0, float(e.get("KMS_HASH_WAIT", d.hash_wait_seconds))),
             tombstone_max_entries=int(e.get("KMS_TOMBSTONE_MAX", d.tombstone_max_entries)),
             tombstone_max_age_seconds=int(e.get("KMS_TOMBSTONE_MAX_AGE", d.tombstone_max_age_seconds)),
+            preview_concurrency=max(1, int(e.get("KMS_PREVIEW_CONCURRENCY", d.preview_concurrency))),
+            preview_wait_seconds=max(0.0, float(e.get("KMS_PREVIEW_WAIT", d.preview_wait_seconds))),
+            preview_timeout_seconds=max(0.5, float(e.get("KMS_PREVIEW_TIMEOUT", d.preview_timeout_seconds))),
+            preview_cpu_seconds=max(1, int(e.get("KMS_PREVIEW_CPU_SECONDS", d.preview_cpu_seconds))),
+            preview_memory_mb=max(64, int(e.get("KMS_PREVIEW_MEMORY_MB", d.preview_memory_mb))),
+            preview_max_size=max(16, int(e.get("KMS_PREVIEW_MAX_SIZE", d.preview_max_size))),
+            allowed_url_hosts=tuple(
+                h.strip() for h in e.get("KMS_ALLOWED_URL_HOSTS", "").split(",") if h.strip()
+            ),
         )

@@ -154,6 +154,13 @@ def test_mapserver_contract(image: Image) -> None:
     assert image.uid() == 33
 
 
+@pytest.mark.parametrize("image", ["kube-mapserver"], indirect=True)
+def test_facade_preview_contract(image: Image) -> None:
+    """POST /datasets/preview runs Debian's mapserv under prlimit (the facade runs from this image)."""
+    for path in ("usr/bin/mapserv", "usr/bin/prlimit"):
+        assert path in image.files, f"/{path} missing"
+
+
 @pytest.mark.parametrize("image", ["mapcache"], indirect=True)
 def test_mapcache_contract(image: Image) -> None:
     assert "usr/local/bin/kms-mapcache-httpd" in image.files

@@ -37,6 +37,7 @@ def test_smoke_walk_through_the_facade_service(examples, tmp_path):
     # the walk's map and tile, pixel by pixel: the sample raster covers the world
     drawn((tmp_path / "map.png").read_bytes(), 0.9)
     drawn((tmp_path / "tile.png").read_bytes(), 0.5)
+    drawn((tmp_path / "preview.png").read_bytes(), 0.9)  # POST /datasets/preview in the facade pod
 
 
 def test_no_token_no_datasets(examples):

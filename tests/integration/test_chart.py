@@ -309,6 +309,7 @@ def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
         ("create", "secrets"),
         ("get", "configmaps/kube-mapserver-config"),
         ("update", "configmaps/kube-mapserver-tombstones"),
+        ("get", "configmaps/ocean-mapfile-0123456789"),  # GET /services/{name}/mapfile
         ("watch", "leases.coordination.k8s.io"),  # the login throttle shared by the replicas
         ("create", "leases.coordination.k8s.io"),
         ("update", "leases.coordination.k8s.io"),
@@ -320,7 +321,10 @@ def test_rbac_is_least_privilege(cluster, crds, namespace, applied):
         ("delete", "configmaps/kube-mapserver-tombstones"),
         ("get", "secrets/other-app-credentials"),
         ("get", f"secrets/{namespace}-kube-mapserver-admin"),
-        ("get", "configmaps/other"),
+        ("list", "configmaps"),
+        ("watch", "configmaps"),
+        ("patch", "configmaps/other"),
+        ("delete", "configmaps/other"),
         ("list", "secrets", "-A"),
         ("create", "mapdatasets.maps.kube-mapserver.io", "-n", other),
         ("patch", "mapservices.maps.kube-mapserver.io"),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from .. import catalog, registry, sniff, upload, views
+from .. import catalog, patching, registry, sniff, upload, views
 from ..deps import Context, Ctx, EditorUser, ViewerUser
 from ..errors import Problem
 from ..jobs_service import create_job_spec
@@ -90,11 +91,25 @@ def hyspex_missing(
     return {"campaigns": [c for c in report if campaign is None or c["campaign"] == campaign]}
 
 
-@router.get("/{id}", response_model=DatasetDetail, responses=NOT_FOUND, summary="One dataset")
-def get_dataset(id: DatasetId, _: ViewerUser, ctx: Ctx) -> dict:
+ETAG = {
+    "ETag": {
+        "description": "The dataset's resourceVersion (send it as If-Match).",
+        "schema": {"type": "string"},
+    }
+}
+
+
+@router.get(
+    "/{id}",
+    response_model=DatasetDetail,
+    responses={200: {"description": "The dataset.", "headers": ETAG}, **NOT_FOUND},
+    summary="One dataset",
+)
+def get_dataset(id: DatasetId, _: ViewerUser, ctx: Ctx, response: Response) -> dict:
     obj = ctx.cr.dataset(id)
     if obj is None:
         raise Problem(404, f"dataset {id!r} not found", "id")
+    response.headers["ETag"] = patching.etag(obj["metadata"].get("resourceVersion"))
     return views.dataset_detail(obj)
 
 
@@ -108,6 +123,107 @@ def get_dataset(id: DatasetId, _: ViewerUser, ctx: Ctx) -> dict:
 def create_dataset(req: DatasetCreate, _: EditorUser, ctx: Ctx) -> dict:
     registry.check(req, ctx.config.current(), ctx.settings)
     return views.dataset_detail(registry.register(ctx.cr, req))
+
+
+PATCH_MEDIA = ("application/merge-patch+json", "application/json")
+_PATCH_SCHEMA = {
+    "type": "object",
+    "description": "A JSON merge patch (RFC 7386) of the spec fields and labels; null removes a field. "
+    "type, source, identifier and id cannot be changed.",
+    "properties": {
+        "title": {"type": "string", "maxLength": 500},
+        "abstract": {"type": ["string", "null"], "maxLength": 4000},
+        "keywords": {"type": ["array", "null"], "items": {"type": "string", "maxLength": 100}},
+        "projection": {"type": ["string", "null"], "pattern": "^EPSG:[0-9]{4,6}$"},
+        "style": {"type": ["object", "null"]},
+        "protocols": {"type": "array", "items": {"type": "string", "enum": ["WMS", "WCS", "WFS"]}},
+        "campaign": {"type": ["string", "null"], "maxLength": 200},
+        "variant": {"type": ["string", "null"], "enum": ["RGB", "Z", None]},
+        "labels": {"type": ["object", "null"], "additionalProperties": {"type": ["string", "null"]}},
+    },
+}
+PATCH_BODY = {
+    "requestBody": {"required": True, "content": {m: {"schema": _PATCH_SCHEMA} for m in PATCH_MEDIA}}
+}
+MAX_PATCH_BYTES = 1 << 20
+
+
+def _apply_patch(ctx: Context, id: str, body: Any, if_match: str | None) -> dict:
+    """Validate the patched spec as a create is, then write it at the resourceVersion it was computed
+    from: a concurrent change makes the apiserver answer 409 (412 with If-Match; retried without)."""
+    want = patching.if_match_version(if_match)
+    for attempt in range(3):
+        obj = ctx.cr.dataset(id) if attempt == 0 else ctx.cr.dataset_live(id)
+        if obj is not None and want is not None and obj["metadata"].get("resourceVersion") != want:
+            obj = ctx.cr.dataset_live(id) if attempt == 0 else obj  # the cache may be behind
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            raise Problem(404, f"dataset {id!r} not found", "id")
+        meta = obj["metadata"]
+        rv = meta.get("resourceVersion")
+        if want is not None and rv != want:
+            raise Problem(412, f"dataset {id!r} changed: it is at version {rv}, not {want}", "If-Match")
+        old = obj.get("spec") or {}
+        spec_patch, labels_patch = patching.split(body, dict(meta.get("labels") or {}))
+        req = registry.parse_create(patching.merge(old, spec_patch), by_name=False)
+        registry.check(req, ctx.config.current(), ctx.settings, check_exists=False)
+        new = registry.spec_of(req)
+        patching.check_immutable(old, new)
+        change: dict[str, Any] = {"metadata": {"resourceVersion": rv}}
+        if spec_change := patching.diff(old, new):
+            change["spec"] = spec_change
+        if labels_patch:
+            change["metadata"]["labels"] = labels_patch
+        if len(change) == 1 and "labels" not in change["metadata"]:
+            return obj  # nothing to change
+        try:
+            return ctx.cr.patch_dataset(id, change)
+        except KubeError as e:
+            if e.status == 404:
+                raise Problem(404, f"dataset {id!r} not found", "id") from None
+            if e.status != 409:
+                raise
+            if want is not None:
+                raise Problem(412, f"dataset {id!r} changed since version {want}", "If-Match") from None
+    raise Problem(409, f"dataset {id!r} kept changing while it was patched; try again", "id")
+
+
+@router.patch(
+    "/{id}",
+    response_model=DatasetDetail,
+    responses={
+        200: {"description": "The changed dataset.", "headers": ETAG},
+        **NOT_FOUND,
+        409: {"model": ErrorBody, "description": "The dataset kept changing; try again."},
+        412: {"model": ErrorBody, "description": "If-Match names an older version: nothing changed."},
+        413: {"model": ErrorBody, "description": "The patch is larger than 1 MiB."},
+        415: {"model": ErrorBody, "description": "Not application/merge-patch+json or application/json."},
+    },
+    openapi_extra=PATCH_BODY,
+    summary="Change a dataset's spec fields or labels (JSON merge patch)",
+)
+async def patch_dataset(
+    id: DatasetId,
+    request: Request,
+    response: Response,
+    _: EditorUser,
+    ctx: Ctx,
+    if_match: Annotated[
+        str | None, Header(max_length=200, description="The ETag the change is based on (else: 412).")
+    ] = None,
+) -> dict:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in PATCH_MEDIA:
+        raise Problem(415, f"send the patch as {' or '.join(PATCH_MEDIA)}", "content-type")
+    raw = await request.body()
+    if len(raw) > MAX_PATCH_BYTES:
+        raise Problem(413, "the patch is larger than 1 MiB")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise Problem(422, "the body is not valid JSON") from None
+    obj = await run_in_threadpool(_apply_patch, ctx, id, body, if_match)
+    response.headers["ETag"] = patching.etag(obj["metadata"].get("resourceVersion"))
+    return views.dataset_detail(obj)
 
 
 UPLOAD_BODY = {

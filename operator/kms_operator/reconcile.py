@@ -471,13 +471,16 @@ class Operator:
             served = sorted(
                 s["name"] for s in services if not s["deleting"] and selector_of(s).matches(dataset_labels)
             )
-        out: dict = {"servedBy": served, "url": None, "tileCache": None}
+        out: dict = {"servedBy": served, "url": None, "ogcapi": None, "tileCache": None}
         snaps = {s["name"]: s for s in services if s["name"] in served}
         for i, service in enumerate(served):
             svc = service_spec_of(snaps[service])
             if i == 0:
                 out["url"] = builders.service_url(service, ns, svc, self.settings.service_url_template)
                 out["url"] += "?SERVICE=WMS&REQUEST=GetCapabilities"
+                out["ogcapi"] = builders.collection_url(
+                    service, ns, svc, self.settings.service_url_template, spec
+                )
             tc = svc.tile_cache
             if tc and tc.enabled:
                 urls = tilecache.tile_urls(
@@ -646,6 +649,7 @@ class Operator:
         ref = _ref(body, "MapService")
         spec = MapServiceSpec.model_validate(body["spec"])
         owner = builders.Owner(name, ns, meta["uid"])
+        ogcapi = builders.ogcapi_url(name, ns, spec, self.settings.service_url_template)
 
         # The datasets as this pass sees them: the mapfile and the tile cache's dataset versions
         # must come from the same snapshots (the index changes while the pass awaits the API; a tile
@@ -677,7 +681,7 @@ class Operator:
                 self.service_cost[(ns, name)] = time.thread_time() - t0
                 return
             datasets, refs, excluded, pending = self._select(ns, spec, exclude)
-            mapfile = build_mapfile(name, spec, refs) if not pending else ""
+            mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi) if not pending else ""
             if not pending:
                 MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
             # kept: the render key, what the status and tile cache need of each dataset, the
@@ -699,7 +703,7 @@ class Operator:
                 return
             excluded += [f"{p} (NotInspected)" for p in pending]
         if not mapfile:  # pending datasets waited out: build without them
-            mapfile = build_mapfile(name, spec, refs)
+            mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
             MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
         self.pending_since.pop((ns, name), None)
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
@@ -778,6 +782,7 @@ class Operator:
             "mapfileHash": digest,
             "configMap": children["configmap"]["metadata"]["name"],
             "url": builders.service_url(name, ns, spec, self.settings.service_url_template),
+            "ogcapi": ogcapi,
             "tileCache": await self._reconcile_tile_cache(
                 owner,
                 spec,

@@ -115,6 +115,8 @@ def test_landing_page_and_conformance(examples, api, features):
     # the HTML pages render from the image's templates
     with _NO_PROXY.open(examples.host_url(api) + "?f=html", timeout=60) as r:
         assert r.headers["Content-Type"].startswith("text/html") and b"Ocean maps" in r.read()
+        # (MapServer's templates write titles and attribute values unescaped: no script runs there)
+        assert "default-src 'none'" in r.headers["Content-Security-Policy"], dict(r.headers)
 
 
 def test_collections_list_the_example_vector_only(features):

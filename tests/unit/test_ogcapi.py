@@ -209,3 +209,9 @@ def test_the_images_apache_routes_ogcapi_paths_below_any_prefix():
     assert path_info("/sea/ocean/ogcapi/collections") == "/ocean/ogcapi/collections"
     assert path_info("/a/b/ocean/ogcapi/collections/ogcapi/items") == "/ocean/ogcapi/collections/ogcapi/items"
     assert path_info("/") is None and path_info("/sea/") is None and path_info("/ogcapi") is None
+    # MapServer's HTML templates write titles and attribute values unescaped (a title <script>...
+    # comes out as is): the pages get a policy under which no script runs
+    csp = re.search(
+        r'<LocationMatch "/ogcapi\(/\|\$\)">\s*Header always set Content-Security-Policy "([^"]*)"', conf
+    )
+    assert csp and "default-src 'none'" in csp.group(1) and "script-src" not in csp.group(1), conf

@@ -54,7 +54,7 @@ def example_map_url(base: str) -> str:
 
 
 def service_lines(k: install.Kubectl, seen: dict[str, str]) -> list[str]:
-    """URLs of MapServices that are new or changed since the last call (WMS, tiles, the map)."""
+    """URLs of MapServices that are new or changed since the last call (WMS, OGC API, tiles, the map)."""
     lines = []
     items = k.json("get", "mapservices", "-n", NAMESPACE).get("items", [])
     for svc in items:
@@ -65,6 +65,8 @@ def service_lines(k: install.Kubectl, seen: dict[str, str]) -> list[str]:
             continue  # its Service is not created yet
         base = f"http://{ip}:8080/"
         text = [f"  {name}: WMS {base}?SERVICE=WMS&REQUEST=GetCapabilities"]
+        if (svc.get("status") or {}).get("ogcapi"):  # (its links: the in-cluster URL of the status)
+            text.append(f"  {name}: OGC API - Features {base}{name}/ogcapi/collections?f=json")
         if (svc.get("spec") or {}).get("tileCache"):
             try:
                 tip = install.service_ip(k.kubeconfig, NAMESPACE, f"{name}-tiles")

@@ -21,6 +21,7 @@ class Protocol(StrEnum):
     WMS = "WMS"
     WCS = "WCS"
     WFS = "WFS"
+    OGCAPI = "OGCAPI"  # OGC API - Features (vectors), at the service's /<service>/ogcapi
 
 
 class ColorRamp(StrEnum):
@@ -153,8 +154,9 @@ class MapDatasetSpec(KModel):
     protocols: list[Protocol] = Field(
         default=[Protocol.WMS],
         min_length=1,
-        max_length=3,
-        description="OGC services that serve the dataset: WMS; WCS for rasters; WFS for vectors.",
+        max_length=4,
+        description="OGC services that serve the dataset: WMS; WCS for rasters; WFS and OGCAPI (OGC API "
+        "- Features: a collection of the service's /<service>/ogcapi) for vectors.",
     )
 
     model_config = KModel.model_config | {
@@ -178,6 +180,11 @@ class MapDatasetSpec(KModel):
                 {
                     "rule": "self.type == 'vector' || !self.protocols.exists(p, p == 'WFS')",
                     "message": "WFS serves vectors only",
+                    "fieldPath": ".protocols",
+                },
+                {
+                    "rule": "self.type == 'vector' || !self.protocols.exists(p, p == 'OGCAPI')",
+                    "message": "OGC API - Features serves vectors only",
                     "fieldPath": ".protocols",
                 },
                 {
@@ -254,6 +261,11 @@ class MapDatasetStatus(KModel):
         None, description="Vector: the source layer served (source.layer or the first)."
     )
     url: str | None = Field(None, description="OGC endpoint (WMS) of the first service that serves it.")
+    ogcapi: str | None = Field(
+        None,
+        description="Vector with protocol OGCAPI: its OGC API - Features collection at the first service "
+        "that serves it (items: <ogcapi>/items?f=json).",
+    )
     tile_cache: DatasetTileCache | None = Field(
         None, description="The tile cache of the first serving service that has one."
     )
@@ -281,6 +293,7 @@ class MapDataset(Resource):
             PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
             PrinterColumn(name="URL", type="string", json_path=".status.url"),
             PrinterColumn(name="Identifier", type="string", json_path=".spec.identifier", priority=1),
+            PrinterColumn(name="OGC API", type="string", json_path=".status.ogcapi", priority=1),
             PrinterColumn(
                 name="Reason",
                 type="string",

@@ -359,6 +359,11 @@ class MapServiceStatus(KModel):
     mapfile_hash: str | None = Field(None, description="Content hash of the generated mapfile.")
     config_map: str | None = Field(None, description="ConfigMap holding the mapfile.")
     url: str | None = Field(None, description="WMS endpoint.")
+    ogcapi: str | None = Field(
+        None,
+        description="OGC API - Features landing page (<url><service>/ogcapi; its collections: the served "
+        "vector datasets with protocol OGCAPI). Links in its answers are absolute, under this URL.",
+    )
     tile_cache: TileCacheStatus | None = Field(None, description="The tile cache, when enabled.")
 
 
@@ -381,5 +386,6 @@ class MapService(Resource):
             PrinterColumn(name="Datasets", type="integer", json_path=".status.datasetCount"),
             PrinterColumn(name="Age", type="date", json_path=".metadata.creationTimestamp"),
             PrinterColumn(name="URL", type="string", json_path=".status.url", priority=1),
+            PrinterColumn(name="OGC API", type="string", json_path=".status.ogcapi", priority=1),
         ],
     )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 from kms_crds.configmap_files import MAPFILE, put_file, read_file
 from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
 from .labels import HASH_ANNOTATION, labels, owner_reference, selector, tiles_selector
+from .mapfile import layer_name, ogcapi_root
 from .network_policies import build_mapserver_policy
 
 PORT = 8080
@@ -331,6 +333,27 @@ def service_url(
         scheme = "https" if spec.ingress.tls_secret_name else "http"
         return f"{scheme}://{spec.ingress.host}{spec.ingress.path.rstrip('/')}/"
     return template.format(name=name, namespace=namespace)
+
+
+def ogcapi_url(
+    name: str,
+    namespace: str,
+    spec: MapServiceSpec,
+    template: str = "http://{name}.{namespace}.svc.cluster.local:8080/",
+) -> str:
+    """Where clients reach the service's OGC API - Features: `<service_url><name>/ogcapi`."""
+    return ogcapi_root(name, service_url(name, namespace, spec, template))
+
+
+def collection_url(
+    name: str, namespace: str, spec: MapServiceSpec, template: str, dataset: Mapping
+) -> str | None:
+    """A dataset's OGC API - Features collection at the service (its spec as stored: camelCase);
+    None unless it is a vector with protocol OGCAPI."""
+    if dataset.get("type") != "vector" or "OGCAPI" not in (dataset.get("protocols") or ()):
+        return None
+    collection = layer_name(str(dataset.get("identifier", "")))
+    return f"{ogcapi_url(name, namespace, spec, template)}/collections/{collection}"
 
 
 def build_children(

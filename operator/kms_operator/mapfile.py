@@ -287,14 +287,18 @@ def _layer(w: _Writer, ds: DatasetInput, data_root: str) -> None:
         if spec.keywords:
             meta.append(("wms_keywordlist", ",".join(spec.keywords)))
         meta.append(("ows_srs", _srs_list([native])))
-        for proto in ("WMS", "WCS", "WFS"):
-            meta.append((f"{proto.lower()}_enable_request", "*" if proto in protocols else "!*"))
+        for proto, ns in (("WMS", "wms"), ("WCS", "wcs"), ("WFS", "wfs"), ("OGCAPI", "oga")):
+            meta.append((f"{ns}_enable_request", "*" if proto in protocols else "!*"))
         if "WCS" in protocols:
             meta += [("wcs_label", spec.title), ("wcs_rangeset_name", "bands")]
         # queryable: GetFeatureInfo returns raster values (value_0..) and vector attributes
         meta += [("gml_include_items", "all"), ("wms_include_items", "all")]
         if not raster:
             meta.append(("wfs_title", spec.title))
+            if "OGCAPI" in protocols:  # (without a description MapServer writes a warning in its place)
+                meta.append(("oga_description", spec.abstract or spec.title))
+                if spec.keywords:
+                    meta.append(("oga_keywords", ",".join(spec.keywords)))
             feature_id = _feature_id(ds)
             if feature_id:
                 meta.append(("gml_featureid", feature_id))
@@ -344,14 +348,25 @@ def _map_extent(spec: MapServiceSpec, bboxes: Iterable[list[float] | None]) -> t
     )
 
 
+def ogcapi_root(service_name: str, base_url: str | None = None) -> str:
+    """Where the service's OGC API - Features answers: `<base_url><service>/ogcapi` (the image's Apache
+    hands any path ending in <alias>/ogcapi/... to MapServer's OGC API with that MAPS alias); without
+    a base URL the root-relative /<service>/ogcapi."""
+    return f"{(base_url or '').rstrip('/')}/{service_name}/ogcapi"
+
+
 def build_mapfile(
     service_name: str,
     spec: MapServiceSpec,
     datasets: Sequence[DatasetInput | LayerRef],
     *,
     data_root: str = DATA_MOUNT,
+    ogcapi_url: str | None = None,
 ) -> str:
-    """The mapfile of a service: one LAYER per dataset, sorted by layer name. Deterministic."""
+    """The mapfile of a service: one LAYER per dataset, sorted by layer name. Deterministic.
+
+    `ogcapi_url`: the OGC API root clients use (the status URL); MapServer 8.0 writes every link of
+    its OGC API answers under it (its own guess is wrong below the landing page). Default: root-relative."""
     refs = [d if isinstance(d, LayerRef) else layer_ref(d) for d in datasets]
     ordered = sorted(refs, key=lambda r: (r.layer, r.name))
     title = spec.title or service_name
@@ -402,7 +417,11 @@ def build_mapfile(
                 ("wcs_formats", "GTiff"),
                 ("wcs_label", title),
                 ("wfs_title", title),
+                ("oga_title", title),
+                ("oga_onlineresource", ogcapi_url or ogcapi_root(service_name)),
             ]
+            if spec.abstract:
+                meta.append(("oga_description", spec.abstract))
             w.metadata(meta)
         for ref in ordered:
             ds = ref.load()

@@ -32,13 +32,14 @@ def served_status(
         served = sorted(
             s["name"] for s in services if not s["deleting"] and selector_of(s).matches(dataset_labels)
         )
-    out: dict = {"servedBy": served, "url": None, "tileCache": None}
+    out: dict = {"servedBy": served, "url": None, "ogcapi": None, "tileCache": None}
     snaps = {s["name"]: s for s in services if s["name"] in served}
     for i, service in enumerate(served):
         svc = service_spec_of(snaps[service])
         if i == 0:
             out["url"] = builders.service_url(service, ns, svc, settings.service_url_template)
             out["url"] += "?SERVICE=WMS&REQUEST=GetCapabilities"
+            out["ogcapi"] = builders.collection_url(service, ns, svc, settings.service_url_template, spec)
         tc = svc.tile_cache
         if tc and tc.enabled:
             urls = tilecache.tile_urls(settings.tiles_url_template.format(name=service, namespace=ns), tc)

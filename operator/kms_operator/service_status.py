@@ -47,6 +47,7 @@ def service_status(
     url: str,
     tile_cache: dict | None,
     tile_cache_wms: bool,
+    ogcapi: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """The status (without conditions) and the condition set of a MapService."""
     rolled = rollout.rolled
@@ -71,6 +72,7 @@ def service_status(
         "mapfileHash": mapfile_hash,
         "configMap": config_map,
         "url": tile_cache["url"] if tile_cache_wms and tile_cache else url,
+        "ogcapi": ogcapi,
         "tileCache": tile_cache,
     }
     return status, conds

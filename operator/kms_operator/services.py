@@ -93,6 +93,7 @@ class Services:
         """The mapfile and selection (None: wait for datasets being inspected, the service is queued
         again). Nothing that shapes the mapfile changed since the last pass: no rebuild."""
         key = (ns, name)
+        ogcapi = builders.ogcapi_url(name, ns, spec, self.state.settings.service_url_template)
         datasets = self.state.datasets_in(ns)
         rkey = render_key(datasets, gen, spec, exclude)
         cached = self.rendered.get(key)
@@ -106,7 +107,7 @@ class Services:
             ):
                 return None
             included, refs, excluded, pending = select(datasets, spec, exclude)
-            mapfile = build_mapfile(name, spec, refs) if not pending else ""
+            mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi) if not pending else ""
             if not pending:
                 MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
             # kept: the render key, what the status and tile cache need of each dataset, the
@@ -124,7 +125,7 @@ class Services:
                 return None
             excluded += [f"{p} (NotInspected)" for p in pending]
         if not mapfile:  # pending datasets waited out: build without them
-            mapfile = build_mapfile(name, spec, refs)
+            mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
             MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
         self.pending_since.pop(key, None)
         return Rendered(included, excluded, mapfile)
@@ -202,6 +203,7 @@ class Services:
             builders.service_url(name, ns, spec, settings.service_url_template),
             tile_cache,
             tile_cache_wms=cached and tc.wms,
+            ogcapi=builders.ogcapi_url(name, ns, spec, settings.service_url_template),
         )
         if settle_status(old_status, status, conds):
             await call(kube.patch_status, API_VERSION, "MapService", ns, name, status)

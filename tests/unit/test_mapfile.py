@@ -93,7 +93,7 @@ def vector_classes() -> DatasetInput:
             "identifier": "landcover",
             "title": "Land cover",
             "keywords": ["land"],
-            "protocols": ["WMS", "WFS"],
+            "protocols": ["WMS", "WFS", "OGCAPI"],
             "style": {
                 "classItem": "kind",
                 "vectorClasses": [

@@ -114,3 +114,18 @@ def resource_hosts(d: WebDriver) -> set[str]:
 
 def severe_console_errors(d: WebDriver) -> list[str]:
     return [e["message"] for e in d.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def set_style_field(d: WebDriver, name: str, value: str) -> None:
+    """Set a style editor input (colour inputs cannot be typed into) as a user's change would."""
+    d.execute_script(
+        "const i = document.querySelector(`#style-editor [name='${arguments[0]}']`);"
+        "i.value = arguments[1]; i.dispatchEvent(new Event('input', {bubbles: true}));",
+        name,
+        value,
+    )
+
+
+def style_state(d: WebDriver) -> str | None:
+    """The editor's state: idle, busy, previewed, saved or error (#style-message's data-state)."""
+    return by_id(d, "style-message").get_attribute("data-state")

@@ -73,8 +73,19 @@ setUnauthorizedHandler(() => showLogin("your session ended: log in again"));
 
 // ------------------------------------------------------------------------ lists, search
 
+// Feature detection without a failing request: the facade's OpenAPI document lists its routes.
+async function hasRoute(path) {
+  try {
+    const r = await fetch("../openapi.json", { cache: "no-store" });
+    return r.ok && path in ((await r.json()).paths || {});
+  } catch {
+    return false;
+  }
+}
+
 async function loadServices() {
   try {
+    if (!(await hasRoute("/services"))) throw new ApiError(404, "no services routes");
     const raw = await getJson("services");
     const items = Array.isArray(raw) ? raw : raw.items || [];
     state.services = items.map(serviceOf);

@@ -18,6 +18,10 @@ done
 drop() { for i in "${!missing[@]}"; do [ "${missing[$i]}" = "$1" ] && unset 'missing[i]'; done; return 0; }
 if command -v go >/dev/null; then drop golang-go; fi
 if command -v node >/dev/null && command -v npm >/dev/null; then drop nodejs; drop npm; fi
+# a browser with its driver already there (e.g. CI runners' Chrome; Ubuntu's chromium is a snap)
+if command -v chromedriver >/dev/null && { command -v chromium || command -v google-chrome; } >/dev/null; then
+  drop chromium; drop chromium-driver
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

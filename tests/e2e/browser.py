@@ -6,7 +6,7 @@ the browser opens the same URLs a browser inside the cluster network would."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import shutil
 
 import numpy as np
 from selenium import webdriver
@@ -18,15 +18,20 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from tests.helpers import wait_until
 from tests.pixels import hex_rgb, rgba
 
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 WINDOW = (1400, 900)
+
+
+def _binary(env: str, *names: str) -> str:
+    """KMS_CHROMIUM / KMS_CHROMEDRIVER, else the first of `names` on PATH (Debian's first)."""
+    found = os.environ.get(env) or next((p for n in names if (p := shutil.which(n))), None)
+    assert found, f"{' or '.join(names)} missing: run make setup (Debian's chromium, chromium-driver)"
+    return found
 
 
 def chromium(host_rules: str) -> WebDriver:
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers online
-    assert CHROMIUM.exists() and DRIVER.exists(), "chromium / chromium-driver missing: run make setup"
     opts = webdriver.ChromeOptions()
-    opts.binary_location = str(CHROMIUM)
+    opts.binary_location = _binary("KMS_CHROMIUM", "chromium", "google-chrome")
     for arg in (
         "--headless=new",
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
@@ -43,7 +48,7 @@ def chromium(host_rules: str) -> WebDriver:
     if os.geteuid() == 0:
         opts.add_argument("--no-sandbox")  # Chromium refuses root without it
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(str(DRIVER)))
+    driver = webdriver.Chrome(options=opts, service=Service(_binary("KMS_CHROMEDRIVER", "chromedriver")))
     driver.set_page_load_timeout(60)
     return driver
 

@@ -33,6 +33,7 @@ def page(examples) -> Iterator:
 @pytest.fixture
 def ui(page, examples):
     b.open_page(page, examples.facade_url, examples.admin_password)
+    page.get_log("browser")  # from here on, each test sees its own console messages only
     return page
 
 

@@ -231,7 +231,8 @@ async function showMapfile(name) {
 
 function linkItem(label, href) {
   const li = el("li");
-  li.append(el("a", label, { href, target: "_blank", rel: "noopener noreferrer" }));
+  if (/^https?:\/\//i.test(href)) li.append(el("a", label, { href, target: "_blank", rel: "noopener noreferrer" }));
+  else li.append(el("span", `${label}: ${href}`)); // never a javascript: or data: link
   return li;
 }
 

@@ -70,3 +70,20 @@ def test_the_page_javascript_under_node_test():
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "# fail 0" in r.stdout
+
+
+def test_browser_host_rules_map_service_names_to_cluster_ips(monkeypatch):
+    from tests.helpers import hack_module
+
+    install = hack_module("install")
+    services = {
+        "items": [
+            {"metadata": {"name": "ocean-tiles"}, "spec": {"clusterIP": "10.96.0.12"}},
+            {"metadata": {"name": "ocean"}, "spec": {"clusterIP": "10.96.0.11"}},
+            {"metadata": {"name": "headless"}, "spec": {"clusterIP": "None"}},
+        ]
+    }
+    monkeypatch.setattr(install.Kubectl, "json", lambda self, *args: services)
+    assert install.browser_host_rules(Path("/nonexistent"), "kms") == (
+        "MAP ocean.kms.svc.cluster.local 10.96.0.11, MAP ocean-tiles.kms.svc.cluster.local 10.96.0.12"
+    )

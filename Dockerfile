@@ -12,6 +12,25 @@
 # Pin the base by digest too (debian:12.11-slim@sha256:...) if your policy asks for it.
 ARG DEBIAN_IMAGE=debian:12.11-slim
 
+# ---------------------------------------------------------------- ui: the /ui/ page's bundle
+# OpenLayers and esbuild from npm at the versions ui/package-lock.json pins (`npm ci`, no install
+# scripts), bundled by ui/build.mjs like hack/ui.sh does for a dev checkout. Only the bundle
+# (static files) reaches the runtime image, no Node.js.
+FROM ${DEBIAN_IMAGE} AS ui
+ARG EXTRA_CA_DIR=
+ENV DEBIAN_FRONTEND=noninteractive NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs npm ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && if [ -n "$EXTRA_CA_DIR" ] && [ -d "$EXTRA_CA_DIR" ]; then \
+      update-ca-certificates --localcertsdir "$EXTRA_CA_DIR"; fi
+WORKDIR /ui
+COPY ui/package.json ui/package-lock.json /ui/
+RUN npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+COPY ui/build.mjs /ui/
+COPY ui/src /ui/src
+RUN node build.mjs /ui/dist
+
 # ---------------------------------------------------------------- build: venv with the project
 FROM ${DEBIAN_IMAGE} AS build
 # Extra certificate authorities for the build stage only (a TLS-intercepting proxy in front of PyPI):
@@ -37,6 +56,7 @@ COPY crds/kms_crds /src/crds/kms_crds
 COPY operator /src/operator
 COPY jobs /src/jobs
 COPY api /src/api
+COPY --from=ui /ui/dist /src/api/kms_api/ui_static
 # the project as a wheel (setuptools lives only in pip's isolated build env, not in the venv)
 RUN /opt/kube-mapserver/bin/pip wheel --no-deps -w /tmp/wheels . \
  && /opt/kube-mapserver/bin/pip install --no-deps /tmp/wheels/*.whl
@@ -67,9 +87,10 @@ ENV PATH=/opt/kube-mapserver/bin:$PATH \
     CPL_TMPDIR=/tmp \
     KMS_DATA_ROOT=/data
 # Validation: every entry point imports, GDAL is there, mapscript is not (MapServer pods bring it),
-# mapserv and prlimit are (the facade's previews: POST /datasets/preview).
+# mapserv and prlimit are (the facade's previews: POST /datasets/preview), and so is the /ui/ bundle.
 RUN python -c "import kms_operator.handlers, kms_jobs.cli, kms_crds, kms_api; from osgeo import gdal; print('GDAL', gdal.__version__)" \
  && command -v mapserv >/dev/null && command -v prlimit >/dev/null \
+ && python -c "from kms_api.routers.ui import UI_DIR; assert (UI_DIR / 'app.js').is_file(), UI_DIR" \
  && kube-mapserver-job --help >/dev/null \
  && ! python -c "import mapscript" 2>/dev/null \
  && ! command -v gcc >/dev/null && ! command -v cc >/dev/null && ! command -v make >/dev/null

@@ -4,12 +4,15 @@ PY := .venv/bin/python
 CLUSTER_DIR ?= $(CURDIR)/.kms/cluster
 PYTEST_ARGS ?=
 
-.PHONY: help setup checkov binaries kstatus cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e test-flaky lint crds bench node-down clean
+.PHONY: help setup ui checkov binaries kstatus cluster-up cluster-down cluster-status dev test test-unit test-integration test-e2e test-flaky lint crds bench node-down clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
 
-setup: .venv/.setup-done  ## Debian packages + venv + pinned Python deps
+setup: .venv/.setup-done ui  ## Debian packages + venv + pinned Python deps + the /ui/ bundle
+
+ui:  ## the /ui/ page's bundle (npm ci from ui/package-lock.json + esbuild; skipped when up to date)
+	hack/ui.sh
 
 .venv/.setup-done: pyproject.toml hack/setup.sh $(wildcard */kms_*/__init__.py)
 	hack/setup.sh

@@ -85,6 +85,13 @@ def service_lines(k: install.Kubectl, seen: dict[str, str]) -> list[str]:
     return lines
 
 
+def browser_line(kubeconfig: Path, facade: str) -> str:
+    """How a browser on this machine opens /ui/ with the in-cluster service URLs of the status
+    resolved to the Services' ClusterIPs (routed here), e.g. Debian's chromium."""
+    rules = install.browser_host_rules(kubeconfig, NAMESPACE)
+    return f"  ui maps: chromium --host-resolver-rules='{rules}' {facade}/ui/"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", type=Path, default=cluster.DEFAULT_DIR, help="the plane's directory")
@@ -121,14 +128,18 @@ def main() -> int:
             f"  kubectl: hack/kubectl get pods        (KUBECONFIG={plane.kubeconfig})\n"
             f"  try:     hack/kubectl apply -f examples/ && hack/kubectl get mapdatasets,mapservices\n"
             f"  facade:  {facade}/docs  (admin, password in {password_file})\n"
+            f"  ui:      {facade}/ui/  (layer preview: log in as admin)\n"
             f"  data:    {data_root} (the examples' data volume)\n"
             f"Map services appear below as you create them. Ctrl-C stops everything.\n",
             flush=True,
         )
         seen: dict[str, str] = {}
         while True:
-            for line in service_lines(k, seen):
+            lines = service_lines(k, seen)
+            for line in lines:
                 print(line, flush=True)
+            if lines:  # the page's maps come from the status URLs: in-cluster names
+                print(browser_line(plane.kubeconfig, facade), flush=True)
             if not node_mod.alive(node):
                 cluster.log("the node's processes died; stopping")
                 return 1

@@ -257,6 +257,18 @@ def service_ip(kubeconfig: Path, namespace: str, name: str) -> str:
     return Kubectl(kubeconfig).json("get", "service", name, "-n", namespace)["spec"]["clusterIP"]
 
 
+def browser_host_rules(kubeconfig: Path, namespace: str = NAMESPACE) -> str:
+    """Chromium's --host-resolver-rules for the namespace's Services: each in-cluster name
+    (NAME.NAMESPACE.svc.cluster.local, as the URLs in the resources' status say) to its ClusterIP,
+    which this machine routes to the node's bridge, so a browser here opens the status URLs."""
+    items = Kubectl(kubeconfig).json("get", "services", "-n", namespace)["items"]
+    return ", ".join(
+        f"MAP {s['metadata']['name']}.{namespace}.svc.cluster.local {s['spec']['clusterIP']}"
+        for s in sorted(items, key=lambda s: s["metadata"]["name"])
+        if s["spec"].get("clusterIP") not in (None, "", "None")
+    )
+
+
 def admin_password(kubeconfig: Path, namespace: str = NAMESPACE) -> str:
     secret = Kubectl(kubeconfig).json("get", "secret", f"{RELEASE}-admin", "-n", namespace)
     return base64.b64decode(secret["data"]["password"]).decode()

@@ -16,7 +16,7 @@ from .crclient import CRClient
 from .deps import Context
 from .kube import Kube, KubeError
 from .models import ErrorBody
-from .routers import auth, cache, config, datasets, health, jobs, preview, rendering, services
+from .routers import auth, cache, config, datasets, health, jobs, preview, rendering, services, ui
 from .settings import Settings, hash_slots
 from .throttle import SharedThrottle
 from .tombstones import Tombstones
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, kube: Kube | None = None) -> Fa
         services.router,
         cache.router,
         jobs.router,
+        ui.router,
     ):
         app.include_router(r)
     return app

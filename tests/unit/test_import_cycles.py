@@ -15,7 +15,6 @@ PACKAGES = {
     "kms_api": REPO / "api" / "kms_api",
     "kms_crds": REPO / "crds" / "kms_crds",
     "kms_jobs": REPO / "jobs" / "kms_jobs",
-    "kms_tiles": REPO / "tiles" / "kms_tiles",
 }
 
 

@@ -32,6 +32,7 @@ def status_of(rollout, stall=None, excluded=(), tile_cache=None, wms=False):
         "http://svc/",
         tile_cache,
         wms,
+        "http://svc/svc/ogcapi",
     )
 
 
@@ -64,6 +65,7 @@ def test_a_rolled_out_service_is_ready_and_available() -> None:
         "mapfileHash": "abc123",
         "configMap": "svc-mapfile-abc123",
         "url": "http://svc/",
+        "ogcapi": "http://svc/svc/ogcapi",
         "tileCache": None,
     }
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import PlainTextResponse
 
-from kms_operator.builders import mapfile_from_configmap
+from kms_crds.configmap_files import read_mapfile
 
 from .. import views
 from ..deps import Context, Ctx, ViewerUser
@@ -92,9 +92,13 @@ def get_mapfile(name: ServiceName, _: ViewerUser, ctx: Ctx) -> PlainTextResponse
         if cm is None or uid not in owners:  # pruned after a newer rollout, or not this service's
             raise Problem(409, f"the mapfile ConfigMap {cm_name!r} of {name!r} is gone; retry", "name")
         try:
-            text = mapfile_from_configmap(cm.get("data"), cm.get("binaryData"))
-        except (KeyError, ValueError, OSError) as e:
-            raise Problem(409, f"the ConfigMap {cm_name!r} holds no readable mapfile ({e})", "name") from None
+            text = read_mapfile(cm)
+        except (ValueError, OSError) as e:
+            text, reason = None, str(e)
+        else:
+            reason = "no service.map"
+        if text is None:
+            raise Problem(409, f"the ConfigMap {cm_name!r} holds no readable mapfile ({reason})", "name")
         with _LOCK:
             if len(text) <= MAPFILE_CACHED_MAX:
                 _MAPFILES[(cm_name, uid)] = text

@@ -51,16 +51,7 @@ def inspect(
     except InspectError as e:
         field = _FIELD_OF_REASON.get(e.reason) or ("source.path" if spec.source.path else "source.url")
         raise Problem(422, f"{e.reason}: {e.message}", field) from None
-    status = MapDatasetStatus(
-        extent=insp.extent,
-        wgs84_bbox=insp.wgs84_bbox,
-        geometry_type=insp.geometry_type,
-        source_layer=insp.source_layer,
-        band_count=insp.band_count,
-        value_range=insp.value_range,
-        size=insp.size,
-        layer_name=layer_name(spec.identifier),
-    )
+    status = insp.status(layer_name(spec.identifier))
     return DatasetInput(name, spec, MapDatasetStatus.model_validate(status.wire()))
 
 
@@ -107,24 +98,27 @@ def frame(
     return [float(v) for v in bbox], width, height
 
 
-def getmap_query(layer: str, bbox: list[float], width: int, height: int) -> str:
+def getmap_params(layer: str, bbox: list[float], width: int, height: int) -> dict[str, str]:
     """WMS 1.3.0 GetMap in EPSG:4326 (axis order latitude, longitude), PNG with transparency."""
     minx, miny, maxx, maxy = bbox
-    return urlencode(
-        {
-            "SERVICE": "WMS",
-            "VERSION": "1.3.0",
-            "REQUEST": "GetMap",
-            "LAYERS": layer,
-            "STYLES": "",
-            "CRS": "EPSG:4326",
-            "BBOX": f"{miny!r},{minx!r},{maxy!r},{maxx!r}",
-            "WIDTH": str(width),
-            "HEIGHT": str(height),
-            "FORMAT": "image/png",
-            "TRANSPARENT": "TRUE",
-        }
-    )
+    return {
+        "SERVICE": "WMS",
+        "VERSION": "1.3.0",
+        "REQUEST": "GetMap",
+        "LAYERS": layer,
+        "STYLES": "",
+        "CRS": "EPSG:4326",
+        "BBOX": f"{miny!r},{minx!r},{maxy!r},{maxx!r}",
+        "WIDTH": str(width),
+        "HEIGHT": str(height),
+        "FORMAT": "image/png",
+        "TRANSPARENT": "TRUE",
+    }
+
+
+def getmap_query(layer: str, bbox: list[float], width: int, height: int) -> str:
+    """getmap_params as a query string (mapserv's QUERY_STRING)."""
+    return urlencode(getmap_params(layer, bbox, width, height))
 
 
 def error_line(stdout: bytes, stderr: bytes, returncode: int = 0) -> str:

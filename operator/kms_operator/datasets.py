@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pydantic import ValidationError
 
 from kms_crds import API_VERSION
-from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus
+from kms_crds.mapdataset import MapDatasetSpec
 
 from .conditions import get_condition, settle_status, status_conditions
 from .inspect_source import InspectError, inspect_source
@@ -76,18 +76,7 @@ class Datasets:
                 gen, ready=False, reason=problem[0], message=problem[1], stalled=problem
             )
         else:
-            status.update(
-                MapDatasetStatus(
-                    extent=result.extent,
-                    wgs84_bbox=result.wgs84_bbox,
-                    geometry_type=result.geometry_type,
-                    source_layer=result.source_layer,
-                    band_count=result.band_count,
-                    value_range=result.value_range,
-                    size=result.size,
-                    layer_name=layer_name(spec.identifier),
-                ).wire()
-            )
+            status.update(result.status(layer_name(spec.identifier)).wire())
             conds = status_conditions(gen, ready=True, reason=SOURCE_VALID[0], message=SOURCE_VALID[1])
         status.update(self.served.status(ns, name, labels, not problem, body["spec"], {**old, **status}))
         if settle_status(old, status, conds):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from kms_crds.mapdataset import Extent, MapDatasetSpec, ValueRange
+from kms_crds.mapdataset import Extent, MapDatasetSpec, MapDatasetStatus, ValueRange
 
 from .settings import Settings
 
@@ -32,6 +32,19 @@ class Inspection:
     band_count: int | None = None
     value_range: ValueRange | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def status(self, layer_name: str) -> MapDatasetStatus:
+        """The dataset status fields this inspection fills in (its shape and its layer's name)."""
+        return MapDatasetStatus(
+            extent=self.extent,
+            wgs84_bbox=self.wgs84_bbox,
+            geometry_type=self.geometry_type,
+            source_layer=self.source_layer,
+            band_count=self.band_count,
+            value_range=self.value_range,
+            size=self.size,
+            layer_name=layer_name,
+        )
 
 
 def resolve_path(rel: str, settings: Settings) -> Path:

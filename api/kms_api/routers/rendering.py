@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from ..deps import Ctx, ViewerUser
 from ..errors import Problem
 from ..models import ErrorBody
+from ..preview import getmap_params
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 DatasetId = Annotated[str, Path(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
@@ -107,19 +108,7 @@ def thumbnail(
             return Response(_CACHE[key], media_type="image/png", headers={"X-Cache": "hit"})
     aspect = (maxy - miny) / (maxx - minx) if maxx > minx else 1.0
     height = max(16, min(1024, round(width * aspect)))
-    params = {
-        "SERVICE": "WMS",
-        "VERSION": "1.3.0",
-        "REQUEST": "GetMap",
-        "LAYERS": layer,
-        "STYLES": "",
-        "CRS": "EPSG:4326",
-        "BBOX": f"{miny},{minx},{maxy},{maxx}",  # WMS 1.3.0: latitude first
-        "WIDTH": str(width),
-        "HEIGHT": str(height),
-        "FORMAT": "image/png",
-        "TRANSPARENT": "TRUE",
-    }
+    params = getmap_params(layer, [minx, miny, maxx, maxy], width, height)
     try:
         r = httpx.get(url.split("?", 1)[0], params=params, timeout=ctx.settings.request_timeout)
     except httpx.HTTPError as e:

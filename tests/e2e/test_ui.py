@@ -221,6 +221,8 @@ def test_style_editor_previews_and_saves_a_colour(ui, examples):
         wait_until(lambda: b.style_state(ui) == "error", "the save refused")
         assert b.style_status(ui) == "412"
         assert "changed since you opened it" in b.by_id(ui, "style-message").text
+        # the browser logs the refused PATCH (412) as a failed request: that one only
+        assert all("412" in m for m in b.severe_console_errors(ui))
         spec = examples.get("mapdataset", "zones-sample")["spec"]
         assert spec["style"]["vectorClasses"][0]["color"] == red
         assert spec["title"] == "Zones (changed elsewhere)"

@@ -86,3 +86,11 @@ test("the preview's size follows the panel's width and the extent's aspect", () 
   assert.deepEqual(previewSize([0, 0, 1, 100], 340, 2048), { width: 20, height: 2048 });
   assert.deepEqual(previewSize(null, 5), { width: 16, height: 16 });
 });
+
+test("an untouched default outline is not added to a style that has none", () => {
+  const plain = { color: "#3388ff" };
+  const values = Object.fromEntries(fieldsOf("vector", plain).map((f) => [f.name, String(f.value)]));
+  assert.deepEqual(mergePatch(plain, styleFrom("vector", plain, values)), {});
+  values.outlineColor = "#000000";
+  assert.deepEqual(mergePatch(plain, styleFrom("vector", plain, values)), { outlineColor: "#000000" });
+});

@@ -134,3 +134,14 @@ def set_style_field(d: WebDriver, name: str, value: str) -> None:
 def style_state(d: WebDriver) -> str | None:
     """The editor's state: idle, busy, previewed, saved or error (#style-message's data-state)."""
     return by_id(d, "style-message").get_attribute("data-state")
+
+
+def style_status(d: WebDriver) -> str | None:
+    """The HTTP status of the editor's last save or failure (#style-message's data-status)."""
+    return by_id(d, "style-message").get_attribute("data-status")
+
+
+def service_links(d: WebDriver, name: str) -> dict[str, str]:
+    """The links listed under a service in the sidebar: {label: href}."""
+    items = d.find_elements(By.CSS_SELECTOR, f"#services li[data-service='{name}'] ul.service-urls a")
+    return {a.text: a.get_attribute("href") for a in items}

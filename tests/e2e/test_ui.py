@@ -1,6 +1,7 @@
 """The /ui/ layer preview page in a real headless browser (Debian's Chromium, Selenium) against
 the installed product: the page from the facade pod, maps from the MapServer and tile-cache pods.
-KMS_UPDATE_SCREENSHOTS=1 writes the page's screenshot to docs/ui-preview.png (the README's)."""
+KMS_UPDATE_SCREENSHOTS=1 writes the page's screenshot to docs/ui-preview.png (the README's).
+The style editor's test comes last: it changes zones-sample and puts the example style back."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import os
 import shutil
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from selenium.webdriver.common.by import By
 
 from kms_operator.mapfile import ramp_colors
 from tests.e2e import browser as b
-from tests.e2e.conftest import REPO, install
+from tests.e2e.conftest import REPO, install, ready
 from tests.helpers import wait_until
-from tests.pixels import drawn
+from tests.pixels import drawn, rgba
 
 SCREENSHOT = REPO / "docs" / "ui-preview.png"
 PROTECTED, FISHING, OUTLINE = "#2ca25f", "#fdae6b", "#333333"  # examples/zones-sample.yaml
@@ -131,8 +133,116 @@ def test_search_and_the_example_service_on_one_map(ui, examples, tmp_path):
     facade_host = examples.facade_url.split("/")[2].split(":")[0]
     others = {h for h in b.resource_hosts(ui) if h != facade_host and not h.endswith(".svc.cluster.local")}
     assert not others, f"the page loaded from {others}"
+    wait_until(lambda: "OGC API" in b.service_links(ui, "ocean"), "the service list with ocean's URLs")
     shot = tmp_path / "ui-preview.png"
     ui.save_screenshot(str(shot))
     drawn(shot.read_bytes(), 0.99)
     if os.environ.get("KMS_UPDATE_SCREENSHOTS") == "1":
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_the_example_service_is_listed_with_its_wms_and_ogc_api_urls(ui, examples):
+    status = examples.get("mapservice", "ocean")["status"]
+    links = wait_until(
+        lambda: (found := b.service_links(ui, "ocean")) and "OGC API" in found and found,
+        "ocean listed with its URLs (GET /services, GET /services/ocean)",
+    )
+    assert links["OGC API"] == status["ogcapi"]
+    assert "SERVICE=WMS" in links["WMS"] and "REQUEST=GetCapabilities" in links["WMS"]
+    assert "SERVICE=WFS" in links["WFS"]  # zones-sample offers WFS
+    assert "SERVICE=WCS" in links["WCS"]  # sst-sample offers WCS
+    assert "REQUEST=GetCapabilities" in links["WMTS (tile cache)"]
+    assert b.css(ui, "#services li[data-service='ocean'] span.ok").text.startswith("ready")
+    # the OGC API link is the live landing page of the service
+    landing = httpx.get(examples.host_url(links["OGC API"]), params={"f": "json"}, timeout=30)
+    assert landing.status_code == 200 and landing.json()["title"] == "Ocean maps"
+    # opening the service: its datasets, links, conditions and the live mapfile
+    b.css(ui, "#services li[data-service='ocean'] > button").click()
+    wait_until(lambda: "sst-sample, zones-sample" in b.by_id(ui, "service-summary").text, "the service panel")
+    panel = {a.text: a.get_attribute("href") for a in ui.find_elements(By.CSS_SELECTOR, "#service-links a")}
+    assert panel["OGC API"] == status["ogcapi"]
+    assert b.css(ui, "#service-conditions tr[data-condition=Ready] td:nth-child(2)").text == "True"
+    b.css(ui, "#service-links button").click()
+    wait_until(lambda: "kms_zones-sample" in b.by_id(ui, "mapfile").text, "the live mapfile shown")
+    assert "kms_sst-sample" in b.by_id(ui, "mapfile").text  # both datasets' layers
+    assert b.severe_console_errors(ui) == []
+
+
+def _settled(examples, name: str) -> dict:
+    """The dataset reconciled, Ready and its tiles seeded: no status update is under way (an editor
+    loaded now keeps a current ETag)."""
+    obj = examples.get("mapdataset", name)
+    st = obj.get("status") or {}
+    seeded = (st.get("tileCacheSeeded") or {}).get("version") == (st.get("tileCache") or {}).get("version")
+    return ready(obj) and st.get("observedGeneration") == obj["metadata"]["generation"] and seeded and obj
+
+
+def test_style_editor_previews_and_saves_a_colour(ui, examples):
+    """Preview a new class colour (POST /datasets/preview: nothing applied), save it (PATCH with
+    If-Match) and see the served map change; a save from a stale editor gets the 412 message."""
+    original = wait_until(lambda: _settled(examples, "zones-sample"), "zones-sample settled")["spec"]
+    protected = b.blend(PROTECTED, 0.8)
+    api = examples.client()
+    try:
+        b.open_dataset(ui, "zones-sample")
+        wait_until(lambda: b.share_near(b.map_pixels(ui), protected, 12) > 0.05, "zones drawn")
+        red = "#d7191c"
+        b.set_style_field(ui, "class-0-color", red)
+        b.by_id(ui, "style-preview").click()
+        wait_until(lambda: b.style_state(ui) == "previewed", "preview rendered")
+        img_el = b.by_id(ui, "style-preview-img")
+        # over the dataset's extent at the panel's width (bbox, width, height of the request)
+        panel = b.by_id(ui, "editor-panel").size["width"]
+        assert abs(img_el.size["width"] - panel) <= 4, (img_el.size, panel)
+        img = rgba(img_el.screenshot_as_png)
+        assert b.share_near(img, b.blend(red, 0.8), 15) > 0.05  # the preview is red...
+        assert b.share_near(b.map_pixels(ui), protected, 12) > 0.05  # ...the served map is not
+        assert red not in str(examples.get("mapdataset", "zones-sample")["spec"])  # nothing applied
+        b.by_id(ui, "style-save").click()
+        wait_until(lambda: b.style_state(ui) in ("saved", "served"), "saved")
+        assert b.style_status(ui) == "200"
+        assert examples.get("mapdataset", "zones-sample")["spec"]["style"]["vectorClasses"][0]["color"] == red
+        wait_until(
+            lambda: b.share_near(b.map_pixels(ui), b.blend(red, 0.8), 12) > 0.05, "map red", timeout=180
+        )
+        wait_until(lambda: b.style_state(ui) == "served", "the page saw the new style served", timeout=180)
+
+        # a stale editor: the dataset changes through the API after it was loaded -> 412, nothing saved
+        b.open_dataset(ui, "zones-sample")
+        r = api.patch(
+            "/datasets/zones-sample",
+            json={"title": "Zones (changed elsewhere)"},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert r.status_code == 200, r.text
+        b.set_style_field(ui, "class-0-color", PROTECTED)
+        b.by_id(ui, "style-save").click()
+        wait_until(lambda: b.style_state(ui) == "error", "the save refused")
+        assert b.style_status(ui) == "412"
+        assert "changed since you opened it" in b.by_id(ui, "style-message").text
+        # the browser logs the refused PATCH (412) as a failed request: that one only
+        assert all("412" in m for m in b.severe_console_errors(ui))
+        spec = examples.get("mapdataset", "zones-sample")["spec"]
+        assert spec["style"]["vectorClasses"][0]["color"] == red
+        assert spec["title"] == "Zones (changed elsewhere)"
+    finally:
+        # the example's style and title back, for the tests after this one
+        served = examples.get("mapservice", "ocean")["status"]["mapfileHash"]
+        r = api.patch(
+            "/datasets/zones-sample",
+            json={"title": original["title"], "style": original["style"]},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        api.close()
+        assert r.status_code == 200, r.text
+    assert examples.get("mapdataset", "zones-sample")["spec"]["style"] == original["style"]
+
+    def restored() -> bool:
+        svc = examples.get("mapservice", "ocean")
+        return ready(svc) and svc["status"]["mapfileHash"] != served
+
+    wait_until(restored, "ocean serves the example style again", timeout=300)
+    wait_until(lambda: _settled(examples, "zones-sample"), "zones-sample settled again", timeout=180)
+    b.open_dataset(ui, "zones-sample")  # reloaded: the WMS URL carries the new generation
+    wait_until(lambda: b.share_near(b.map_pixels(ui), protected, 12) > 0.05, "the map green again")
+    assert b.severe_console_errors(ui) == []

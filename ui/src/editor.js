@@ -1,8 +1,12 @@
 // The style editor panel: fields from style.js, "Preview" renders through POST /datasets/preview
-// (PNG in #style-preview-img), "Save" sends PATCH /datasets/{id} with If-Match (412: reload).
+// over the dataset's extent (bbox, EPSG:4326) at the panel's width (PNG in #style-preview-img),
+// "Save" sends PATCH /datasets/{id} with If-Match: the ETag of the GET /datasets/{id} the editor
+// was loaded from (then of the PATCH's answer); a 412 means the dataset changed meanwhile.
 // Stable hooks for tests: #style-editor [name=...] inputs, #style-preview, #style-save,
-// #style-message (data-state: idle|busy|previewed|saved|error), #style-preview-img.
+// #style-message (data-state: idle|busy|previewed|saved|served|error; data-status: the HTTP status
+// of a save or a failure, e.g. 412), #style-preview-img.
 import { call } from "./api.js";
+import { previewSize } from "./ogc.js";
 import { fieldsOf, mergePatch, previewBody, styleFrom } from "./style.js";
 
 const $ = (id) => document.getElementById(id);
@@ -28,9 +32,11 @@ function input(f) {
 }
 
 export class StyleEditor {
-  constructor({ onSaved }) {
+  // beforeSave(detail) -> token, then onSaved(id, the PATCH's answer, token)
+  constructor({ beforeSave = async () => null, onSaved }) {
     this.detail = null;
     this.etag = null;
+    this.beforeSave = beforeSave;
     this.onSaved = onSaved;
     this.previewUrl = null;
     $("style-preview").addEventListener("click", () => this.preview());
@@ -59,10 +65,11 @@ export class StyleEditor {
     return styleFrom(this.detail.spec.type, this.detail.spec.style || {}, this.values());
   }
 
-  message(text, state) {
+  message(text, state, status = "") {
     const m = $("style-message");
     m.textContent = text;
     m.dataset.state = state;
+    m.dataset.status = String(status);
     m.className = state === "error" ? "error" : "";
   }
 
@@ -70,18 +77,35 @@ export class StyleEditor {
     if (!this.detail) return;
     this.message("rendering…", "busy");
     try {
-      const r = await call("datasets/preview", { method: "POST", json: previewBody(this.detail, this.style()) });
+      const r = await call(`datasets/preview?${this.previewQuery()}`, {
+        method: "POST",
+        json: previewBody(this.detail, this.style()),
+      });
       const blob = await r.blob();
       if (this.previewUrl) URL.revokeObjectURL(this.previewUrl);
       this.previewUrl = URL.createObjectURL(blob);
       const img = $("style-preview-img");
       img.src = this.previewUrl;
       img.hidden = false;
+      await img.decode(); // "previewed" once the image is drawn
       this.message("preview rendered by MapServer (not saved)", "previewed");
     } catch (e) {
-      const missing = e.status === 404 || e.status === 405;
-      this.message(missing ? "this facade has no style preview (POST /datasets/preview)" : `preview: ${e.message}`, "error");
+      this.message(`preview: ${e.message}`, "error", e.status || "");
     }
+  }
+
+  // bbox, width, height: the dataset's extent drawn as wide as the panel (the API's size limit
+  // caps it; without an extent in the status the API takes the source's own).
+  previewQuery() {
+    const bbox = this.detail.status?.wgs84Bbox;
+    const panel = $("editor-panel").clientWidth - 2; // the image's border
+    const { width, height } = previewSize(bbox, panel, 2048);
+    const q = new URLSearchParams({ width: String(width) });
+    if (Array.isArray(bbox) && bbox.length === 4) {
+      q.set("bbox", bbox.join(","));
+      q.set("height", String(height));
+    }
+    return q;
   }
 
   async save() {
@@ -94,18 +118,23 @@ export class StyleEditor {
     this.message("saving…", "busy");
     const headers = this.etag ? { "If-Match": this.etag } : {};
     try {
-      await call(`datasets/${encodeURIComponent(this.detail.id)}`, {
+      const before = await this.beforeSave(this.detail);
+      const r = await call(`datasets/${encodeURIComponent(this.detail.id)}`, {
         method: "PATCH",
         json: { style: patch },
         headers,
         contentType: "application/merge-patch+json",
       });
-      this.message("saved; the service rolls out the new style", "saved");
-      this.onSaved(this.detail.id);
+      this.detail = await r.json();
+      this.etag = r.headers.get("ETag") || this.etag;
+      this.message("saved; the service rolls out the new style", "saved", r.status);
+      this.onSaved(this.detail.id, this.detail, before);
     } catch (e) {
-      if (e.status === 412) this.message("the dataset changed meanwhile: reload it and edit again", "error");
-      else if (e.status === 405) this.message("this facade cannot change datasets (PATCH)", "error");
-      else this.message(`save: ${e.message}`, "error");
+      if (e.status === 412) {
+        this.message("the dataset changed since you opened it: nothing was saved; open it again and redo the edit", "error", 412);
+      } else {
+        this.message(`save: ${e.message}`, "error", e.status || "");
+      }
     }
   }
 }

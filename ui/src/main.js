@@ -1,11 +1,11 @@
-// The layer preview page: login, services (when the facade has GET /services) and datasets with a
-// search, the map, a dataset's status and links, feature info on click, the style editor.
+// The layer preview page: login, services (GET /services, each one's URLs from GET
+// /services/{name}) and datasets with a search, the map, a dataset's status and links, feature info on click, the style editor.
 import "ol/ol.css";
 import "./app.css";
 import { ApiError, call, getJson, login, logout, setUnauthorizedHandler, token } from "./api.js";
 import { StyleEditor } from "./editor.js";
 import { MapView } from "./map.js";
-import { capabilitiesUrl, getMapUrl, serviceOf, unionBbox } from "./ogc.js";
+import { capabilitiesUrl, getMapUrl, serviceLinks, serviceOf, unionBbox } from "./ogc.js";
 
 const $ = (id) => document.getElementById(id);
 const el = (tag, text, attrs = {}) => {
@@ -16,7 +16,7 @@ const el = (tag, text, attrs = {}) => {
 };
 
 const state = {
-  services: null, // null: the facade has no /services
+  services: [], // serviceOf() entries: from GET /services, then each one's detail
   datasets: [],
   shown: [], // dataset ids on the map, in order
   focus: null, // the dataset whose status, feature info and style are shown
@@ -48,7 +48,7 @@ async function start() {
   if (!map) {
     map = new MapView($("map"));
     map.map.on("singleclick", (ev) => featureInfo(ev.coordinate));
-    editor = new StyleEditor({ onSaved: (id) => followSave(id) });
+    editor = new StyleEditor({ beforeSave: servedHashes, onSaved: followSave });
     globalThis.kmsUi = { pixelOf: (lon, lat) => map.pixelOf(lon, lat) }; // for the browser tests
   }
   await Promise.all([loadServices(), loadDatasets()]);
@@ -73,25 +73,27 @@ setUnauthorizedHandler(() => showLogin("your session ended: log in again"));
 
 // ------------------------------------------------------------------------ lists, search
 
-// Feature detection without a failing request: the facade's OpenAPI document lists its routes.
-async function hasRoute(path) {
-  try {
-    const r = await fetch("../openapi.json", { cache: "no-store" });
-    return r.ok && path in ((await r.json()).paths || {});
-  } catch {
-    return false;
-  }
-}
-
+// GET /services ({total, limit, offset, items}) lists names and readiness; each service's
+// datasets and URLs come from GET /services/{name} (a handful of services: one call each).
+const MAX_SERVICES = 100;
 async function loadServices() {
   try {
-    if (!(await hasRoute("/services"))) throw new ApiError(404, "no services routes");
-    const raw = await getJson("services");
-    const items = Array.isArray(raw) ? raw : raw.items || [];
-    state.services = items.map(serviceOf);
+    const page = await getJson(`services?limit=${MAX_SERVICES}`);
+    state.services = page.items.map(serviceOf);
+    renderServices();
+    state.services = await Promise.all(
+      state.services.map(async (s) => {
+        try {
+          return serviceOf(await getJson(`services/${encodeURIComponent(s.name)}`));
+        } catch (e) {
+          if (e instanceof ApiError && e.status === 404) return null; // deleted meanwhile
+          return { ...s, error: e.message };
+        }
+      }),
+    );
+    state.services = state.services.filter(Boolean);
   } catch (e) {
-    if (!(e instanceof ApiError) || (e.status !== 404 && e.status !== 405)) $("map-message").textContent = e.message;
-    state.services = null; // feature detection: no services routes, datasets only
+    $("map-message").textContent = `services: ${e.message}`;
   }
   renderServices();
 }
@@ -107,16 +109,21 @@ async function loadDatasets() {
 }
 
 function renderServices() {
-  $("services-section").hidden = state.services === null;
-  if (state.services === null) return;
   const q = $("search").value.trim().toLowerCase();
   const ul = $("services");
   ul.replaceChildren();
-  for (const s of state.services.filter((s) => !q || s.name.toLowerCase().includes(q))) {
+  const shown = state.services.filter((s) => !q || `${s.name}\n${s.title || ""}`.toLowerCase().includes(q));
+  $("service-count").textContent = `(${shown.length})`;
+  for (const s of shown) {
     const li = el("li", null, { "data-service": s.name });
-    const b = el("button", s.name, { type: "button", class: "link" });
-    b.addEventListener("click", () => openService(s));
-    li.append(b, el("span", s.ready ? "ready" : "not ready", { class: s.ready ? "ok" : "bad" }));
+    const b = el("button", s.name, { type: "button", class: "link", title: s.title || s.name });
+    b.addEventListener("click", () => openService(s.name));
+    const replicas = s.replicas === null ? "" : ` · ${s.readyReplicas ?? 0}/${s.replicas}`;
+    li.append(b, el("span", `${s.ready ? "ready" : s.reason || "not ready"}${replicas}`, { class: s.ready ? "ok" : "bad" }));
+    const links = el("ul", null, { class: "service-urls" });
+    for (const [label, url] of serviceLinks(s.urls)) links.append(linkItem(label, url));
+    if (s.error) links.append(el("li", s.error, { class: "bad" }));
+    li.append(links);
     ul.append(li);
   }
 }
@@ -197,21 +204,36 @@ async function openDataset(id) {
   map.fit(detail.status?.wgs84Bbox);
 }
 
-async function openService(s) {
+// Opens a service: its datasets on the map (fresh from GET /services/{name}), links, conditions.
+async function openService(name) {
+  let s;
+  try {
+    s = serviceOf(await getJson(`services/${encodeURIComponent(name)}`));
+  } catch (e) {
+    $("map-message").textContent = `${name}: ${e.message}`;
+    return;
+  }
+  state.services = state.services.map((x) => (x.name === name ? s : x));
+  renderServices();
   state.shown = [...s.datasets];
   state.focus = s.datasets[0] || null;
   $("dataset-panel").hidden = true;
   $("editor-panel").hidden = true;
   $("service-panel").hidden = false;
   $("service-title").textContent = `Service ${s.name}`;
+  $("service-summary").textContent =
+    `${s.title || s.name} · ${s.ready ? "ready" : s.reason || "not ready"}` +
+    (s.replicas === null ? "" : ` · ${s.readyReplicas ?? 0}/${s.replicas} replicas`) +
+    ` · ${s.datasets.length} dataset(s): ${s.datasets.join(", ") || "none"}`;
   const links = $("service-links");
   links.replaceChildren();
-  for (const [kind, url] of Object.entries(s.urls)) if (url) links.append(linkItem(kind.toUpperCase(), url));
+  for (const [label, url] of serviceLinks(s.urls)) links.append(linkItem(label, url));
   const mf = el("button", "Mapfile", { type: "button", class: "link" });
   mf.addEventListener("click", () => showMapfile(s.name));
   const li = el("li");
   li.append(mf);
   links.append(li);
+  $("mapfile").hidden = true;
   renderConditions($("service-conditions"), s.conditions);
   await redraw(false);
   map.fit(unionBbox(s.datasets.map((id) => state.details.get(id)?.detail.status?.wgs84Bbox)));
@@ -262,6 +284,7 @@ function renderDataset(d) {
   const png = getMapUrl(st.url, st.layerName, st.wgs84Bbox);
   if (png) links.append(linkItem("PNG preview (GetMap)", png));
   if (st.tileCache?.wmts) links.append(linkItem("WMTS capabilities (tile cache)", st.tileCache.wmts));
+  if (st.ogcapi) links.append(linkItem("OGC API Features collection", st.ogcapi));
   if (d.spec.protocols?.includes("WFS") && caps) links.append(linkItem("WFS GetCapabilities", capabilitiesUrl(st.url, "WFS")));
   if (d.spec.protocols?.includes("WCS") && caps) links.append(linkItem("WCS GetCapabilities", capabilitiesUrl(st.url, "WCS")));
   renderConditions($("dataset-conditions"), st.conditions);
@@ -298,20 +321,55 @@ async function featureInfo(coordinate) {
   }
 }
 
-// After a save: reload the dataset until the operator reconciled it, redrawing as it changes.
-async function followSave(id) {
-  for (let i = 0; i < 30; i++) {
-    const before = state.details.get(id)?.detail.status?.observedGeneration;
+// The live mapfile hash of each service serving a dataset: {name: hash} (taken before a save).
+async function servedHashes(detail) {
+  const out = {};
+  for (const name of detail.status?.servedBy || []) {
+    try {
+      out[name] = (await getJson(`services/${encodeURIComponent(name)}`)).mapfileHash || null;
+    } catch {
+      out[name] = null;
+    }
+  }
+  return out;
+}
+
+// After a save: follow the change until it is served. The dataset is reconciled (its
+// observedGeneration moves past the one the PATCH answered with, Ready again), then every service
+// serving it has rolled out a new mapfile (another hash than before the save, Ready). The map is
+// redrawn whenever that changes (the hashes are in the WMS URLs: no image from before is reused).
+async function followSave(id, patched, hashesBefore) {
+  const generationBefore = patched.status?.observedGeneration;
+  let seen = "";
+  for (let i = 0; i < 90; i++) {
     await new Promise((r) => setTimeout(r, 2000));
     const { detail, etag } = await detailOf(id, true);
+    const services = [];
+    for (const name of detail.status?.servedBy || []) {
+      try {
+        services.push(await getJson(`services/${encodeURIComponent(name)}`));
+      } catch {
+        services.push({ name, ready: false });
+      }
+    }
+    detail.served = services.map((s) => `${s.name}:${s.mapfileHash}:${s.ready}`).join(",");
     if (state.focus === id) {
       renderDataset(detail);
-      editor.detail = detail;
-      editor.etag = etag;
+      if (editor.detail?.id === id && editor.etag !== etag) {
+        editor.detail = detail;
+        editor.etag = etag;
+      }
     }
-    if (detail.status?.observedGeneration !== before) {
+    const reconciled = detail.ready && detail.status?.observedGeneration !== generationBefore;
+    const rolled = services.every((s) => s.ready && s.mapfileHash && s.mapfileHash !== hashesBefore?.[s.name]);
+    const key = `${detail.status?.observedGeneration}|${detail.served}`;
+    if (key !== seen) {
+      seen = key;
       await redraw(false);
-      if (detail.ready) return;
+    }
+    if (reconciled && rolled) {
+      if (state.focus === id) editor.message("saved and served: the map shows the new style", "served", 200);
+      return;
     }
   }
 }

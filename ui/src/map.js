@@ -57,8 +57,8 @@ export class MapView {
     const url = endpoint(st.url);
     const layerName = st.layerName;
     if (!url || !layerName) return null;
-    // a changed style or generation asks the WMS again (MapServer ignores the extra parameter)
-    const version = `${st.observedGeneration ?? ""}-${hash(JSON.stringify(d.spec?.style || {}))}`;
+    // a changed style, generation or served mapfile asks the WMS again (MapServer ignores the extra parameter)
+    const version = `${st.observedGeneration ?? ""}-${hash(JSON.stringify(d.spec?.style || {}))}-${hash(d.served || "")}`;
     const wms = new ImageWMS({
       url,
       params: { LAYERS: layerName, STYLES: "", FORMAT: "image/png", TRANSPARENT: "TRUE", VERSION: "1.3.0", KMS_V: version },

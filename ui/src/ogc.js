@@ -75,15 +75,45 @@ export function parseFeatureInfo(doc) {
   return out;
 }
 
-// A service entry from GET /services, whatever shape it takes: {name, ready, datasets, urls}.
+// A service from GET /services/{name} (ServiceDetail, camelCase): {name, title, ready, reason,
+// replicas, readyReplicas, datasets: [MapDataset names], conditions, urls: {wms, wfs, wcs, ogcapi,
+// tiles: {url, wmts, tms, xyz, wms}}}. Items of GET /services ({items: [ServiceItem]}) carry no
+// datasets, conditions or urls: those are empty until the detail is loaded.
 export function serviceOf(raw) {
-  const datasets = (raw.datasets || []).map((d) => (typeof d === "string" ? d : d.name || d.id));
   return {
     name: raw.name,
-    ready: raw.ready,
+    title: raw.title || null,
+    ready: raw.ready === true,
+    reason: raw.reason || null,
+    replicas: raw.replicas ?? null,
+    readyReplicas: raw.readyReplicas ?? null,
     conditions: raw.conditions || [],
-    replicas: raw.replicas,
-    datasets: datasets.filter(Boolean),
+    datasets: (raw.datasets || []).filter((d) => typeof d === "string"),
     urls: raw.urls || {},
   };
+}
+
+// A service's links, in a fixed order: [[label, url], ...] for the URLs it has (the tile cache's
+// TMS and XYZ templates hold placeholders: they are not links).
+export function serviceLinks(urls = {}) {
+  const out = [
+    ["WMS", urls.wms],
+    ["WFS", urls.wfs],
+    ["WCS", urls.wcs],
+    ["OGC API", urls.ogcapi],
+    ["WMTS (tile cache)", urls.tiles?.wmts],
+    ["Tiled WMS (tile cache)", urls.tiles?.wms],
+  ];
+  return out.filter(([, url]) => typeof url === "string" && url);
+}
+
+// The preview image's size for a panel `width` CSS px wide, over `bbox` (EPSG:4326 degrees, as
+// POST /datasets/preview draws it): the bbox's aspect, sides within [16, max].
+export function previewSize(bbox, width, max = 2048) {
+  const b = Array.isArray(bbox) && bbox.length === 4 && bbox.every(Number.isFinite) ? bbox : null;
+  const w = Math.max(16, Math.min(max, Math.round(width) || 0));
+  if (!b || !(b[2] > b[0]) || !(b[3] > b[1])) return { width: w, height: w };
+  const h = Math.round((w * (b[3] - b[1])) / (b[2] - b[0]));
+  if (h <= max) return { width: w, height: Math.max(16, h) };
+  return { width: Math.max(16, Math.round((max * (b[2] - b[0])) / (b[3] - b[1]))), height: max };
 }

@@ -1,6 +1,7 @@
 // The style editor's pure part: a dataset's style <-> form fields, the preview body (the same body
 // as POST /datasets) and the JSON merge patch (RFC 7386) PATCH /datasets/{id} takes.
 
+const DEFAULT_OUTLINE = "#404040";
 export const RAMPS = ["viridis", "magma", "terrain", "greys", "blues", "rdylbu"];
 
 // Form fields for a dataset: [{name, label, kind, value, ...}] (names are the inputs' names).
@@ -20,7 +21,7 @@ export function fieldsOf(type, style = {}) {
     } else {
       f.push({ name: "color", label: "Fill colour", kind: "color", value: style.color || "#3388ff" });
     }
-    f.push({ name: "outlineColor", label: "Outline colour", kind: "color", value: style.outlineColor || "#404040" });
+    f.push({ name: "outlineColor", label: "Outline colour", kind: "color", value: style.outlineColor || DEFAULT_OUTLINE });
   }
   f.push({ name: "opacity", label: "Opacity (%)", kind: "range", min: 0, max: 100, value: style.opacity ?? 100 });
   return f;
@@ -48,7 +49,9 @@ export function styleFrom(type, old = {}, values = {}) {
     } else if (values.color) {
       s.color = values.color;
     }
-    if (values.outlineColor) s.outlineColor = values.outlineColor;
+    // the field shows a default outline when the style has none: unchanged, it stays unset
+    const outline = values.outlineColor;
+    if (outline && (old?.outlineColor !== undefined || outline !== DEFAULT_OUTLINE)) s.outlineColor = outline;
   }
   const opacity = num(values.opacity);
   set("opacity", opacity === 100 && old?.opacity === undefined ? undefined : opacity); // 100: the default

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { fieldsOf, mergePatch, previewBody, styleFrom } from "../src/style.js";
-import { clampBbox, getMapUrl, serviceOf } from "../src/ogc.js";
+import { clampBbox, getMapUrl, previewSize, serviceLinks, serviceOf } from "../src/ogc.js";
 
 const zones = {
   classItem: "kind",
@@ -52,7 +52,45 @@ test("extents are clamped for web mercator; GetMap links are WMS 1.3.0 latitude 
   assert.equal(url.searchParams.get("HEIGHT"), "250");
 });
 
-test("services of any listing shape", () => {
-  const s = serviceOf({ name: "ocean", datasets: ["a", { name: "b" }], urls: { wms: "http://x/" } });
-  assert.deepEqual(s.datasets, ["a", "b"]);
+test("a service as GET /services/{name} answers it, and its links (OGC API included)", () => {
+  const detail = {
+    name: "ocean",
+    title: "Ocean maps",
+    ready: true,
+    replicas: 2,
+    readyReplicas: 2,
+    datasets: ["sst-sample", "zones-sample"],
+    conditions: [{ type: "Ready", status: "True" }],
+    urls: {
+      wms: "http://m/ocean/?SERVICE=WMS&REQUEST=GetCapabilities",
+      wfs: "http://m/ocean/?SERVICE=WFS&REQUEST=GetCapabilities",
+      wcs: null,
+      ogcapi: "http://m/ocean/ogcapi",
+      tiles: { wmts: "http://t/wmts?REQUEST=GetCapabilities", xyz: "http://t/{z}/{x}/{y}.png" },
+    },
+  };
+  const s = serviceOf(detail);
+  assert.deepEqual(s.datasets, ["sst-sample", "zones-sample"]);
+  assert.equal(s.readyReplicas, 2);
+  assert.deepEqual(
+    serviceLinks(s.urls).map(([label]) => label),
+    ["WMS", "WFS", "OGC API", "WMTS (tile cache)"],
+  );
+  // a list item (GET /services) has no urls or datasets yet
+  const item = serviceOf({ name: "ocean", ready: false, url: "http://m/ocean/" });
+  assert.deepEqual([item.datasets, serviceLinks(item.urls)], [[], []]);
+});
+
+test("the preview's size follows the panel's width and the extent's aspect", () => {
+  assert.deepEqual(previewSize([0, 0, 20, 10], 340), { width: 340, height: 170 });
+  assert.deepEqual(previewSize([0, 0, 1, 100], 340, 2048), { width: 20, height: 2048 });
+  assert.deepEqual(previewSize(null, 5), { width: 16, height: 16 });
+});
+
+test("an untouched default outline is not added to a style that has none", () => {
+  const plain = { color: "#3388ff" };
+  const values = Object.fromEntries(fieldsOf("vector", plain).map((f) => [f.name, String(f.value)]));
+  assert.deepEqual(mergePatch(plain, styleFrom("vector", plain, values)), {});
+  values.outlineColor = "#000000";
+  assert.deepEqual(mergePatch(plain, styleFrom("vector", plain, values)), { outlineColor: "#000000" });
 });

@@ -141,8 +141,15 @@ def test_search_and_the_example_service_on_one_map(ui, examples, tmp_path):
         shutil.copyfile(shot, SCREENSHOT)
 
 
+def _ready_service(examples, name: str) -> dict | None:
+    svc = examples.get("mapservice", name)
+    return svc if ready(svc) else None
+
+
 def test_the_example_service_is_listed_with_its_wms_and_ogc_api_urls(ui, examples):
-    status = examples.get("mapservice", "ocean")["status"]
+    # earlier tests may leave ocean rolling out: wait until it is Ready, then reload the page's lists
+    status = wait_until(lambda: _ready_service(examples, "ocean"), "ocean Ready", timeout=300)["status"]
+    ui.refresh()  # the token stays in the tab's sessionStorage
     links = wait_until(
         lambda: (found := b.service_links(ui, "ocean")) and "OGC API" in found and found,
         "ocean listed with its URLs (GET /services, GET /services/ocean)",

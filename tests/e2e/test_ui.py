@@ -141,6 +141,14 @@ def test_search_and_the_example_service_on_one_map(ui, examples, tmp_path):
         shutil.copyfile(shot, SCREENSHOT)
 
 
+def _get(url: str, params: dict) -> httpx.Response | None:
+    """GET, or None while a connection is reset (a MapServer pod a rollout replaced, for a moment)."""
+    try:
+        return httpx.get(url, params=params, timeout=30)
+    except httpx.TransportError:
+        return None
+
+
 def _ready_service(examples, name: str) -> dict | None:
     svc = examples.get("mapservice", name)
     return svc if ready(svc) else None
@@ -161,7 +169,8 @@ def test_the_example_service_is_listed_with_its_wms_and_ogc_api_urls(ui, example
     assert "REQUEST=GetCapabilities" in links["WMTS (tile cache)"]
     assert b.css(ui, "#services li[data-service='ocean'] span.ok").text.startswith("ready")
     # the OGC API link is the live landing page of the service
-    landing = httpx.get(examples.host_url(links["OGC API"]), params={"f": "json"}, timeout=30)
+    landing_url = examples.host_url(links["OGC API"])
+    landing = wait_until(lambda: _get(landing_url, {"f": "json"}), "the OGC API landing page")
     assert landing.status_code == 200 and landing.json()["title"] == "Ocean maps"
     # opening the service: its datasets, links, conditions and the live mapfile
     b.css(ui, "#services li[data-service='ocean'] > button").click()

@@ -160,18 +160,22 @@ class CRClient:
             self.datasets.upsert(obj)
         return obj
 
-    def patch_dataset(self, name: str, patch: dict) -> dict:
-        """A JSON merge patch; with metadata.resourceVersion in it the apiserver answers 409 when the
-        object changed since (optimistic concurrency)."""
+    def _merge_patch(self, store: Store, plural: str, name: str, patch: dict) -> dict:
+        """A JSON merge patch of one of our resources, kept in its watch-cache store; with
+        metadata.resourceVersion in it the apiserver answers 409 when the object changed since
+        (optimistic concurrency)."""
         obj = self.kube.call(
             "PATCH",
-            cr_path(self.namespace, "mapdatasets", name),
+            cr_path(self.namespace, plural, name),
             patch,
             query={"fieldManager": FIELD_MANAGER},
             content_type="application/merge-patch+json",
         )
-        self.datasets.upsert(obj)
+        store.upsert(obj)
         return obj
+
+    def patch_dataset(self, name: str, patch: dict) -> dict:
+        return self._merge_patch(self.datasets, "mapdatasets", name, patch)
 
     # services (read only)
     def service(self, name: str) -> dict | None:
@@ -190,15 +194,7 @@ class CRClient:
         return self._create_cr(self.jobs, "mapjobs", "MapJob", {"metadata": meta, "spec": spec})
 
     def patch_job(self, name: str, patch: dict) -> dict:
-        obj = self.kube.call(
-            "PATCH",
-            cr_path(self.namespace, "mapjobs", name),
-            patch,
-            query={"fieldManager": FIELD_MANAGER},
-            content_type="application/merge-patch+json",
-        )
-        self.jobs.upsert(obj)
-        return obj
+        return self._merge_patch(self.jobs, "mapjobs", name, patch)
 
     def delete_job(self, name: str, uid: str | None = None) -> dict | None:
         return self._delete_cr(self.jobs, "mapjobs", name, uid)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .kube import Kube, KubeError
+from kms_crds.kube import Kube, KubeError
 
 log = logging.getLogger("kms_api.cache")
 

@@ -10,10 +10,10 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from kms_crds.common import KModel
+from kms_crds.kube import KubeError
 
 from .crclient import CONFIG_MAP, CRClient
 from .errors import Problem, field_of
-from .kube import KubeError
 
 log = logging.getLogger("kms_api.config")
 KEY = "config.json"

@@ -10,10 +10,10 @@ import time
 from typing import Any
 
 from kms_crds import API_VERSION
+from kms_crds.kube import Kube, KubeError, cr_path, error_from, ns_path
 
 from . import views
 from .cache import Store
-from .kube import Kube, KubeError, cr_path, error_from, ns_path
 from .settings import Settings
 
 log = logging.getLogger("kms_api.crclient")

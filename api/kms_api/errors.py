@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .kube import KubeError
+from kms_crds.kube import KubeError
 
 log = logging.getLogger("kms_api.errors")
 

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from kms_crds.kube import Kube, KubeError
+
 from . import __version__, errors, observability
 from .auth import HashGate, LoginThrottle
 from .config import ConfigStore
 from .crclient import CRClient
 from .deps import Context
-from .kube import Kube, KubeError
 from .models import ErrorBody
 from .routers import auth, cache, config, datasets, health, jobs, preview, rendering, services, ui
 from .settings import Settings, hash_slots

@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 
 from prometheus_client import Counter
 
+from kms_crds.kube import Kube, KubeError, error_from, ns_path
+
 from .cache import Store
-from .kube import Kube, KubeError, error_from, ns_path
 
 log = logging.getLogger("kms_api.throttle")
 

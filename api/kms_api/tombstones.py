@@ -6,9 +6,10 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
+from kms_crds.kube import KubeError
+
 from .crclient import TOMBSTONES_MAP, CRClient
 from .errors import Problem
-from .kube import KubeError
 
 log = logging.getLogger("kms_api.tombstones")
 KEY = "tombstones.json"

@@ -7,9 +7,10 @@ import argparse
 import getpass
 import sys
 
+from kms_crds.kube import Kube, KubeError, ns_path
+
 from .auth import ROLES, USERNAME, hash_password, parse_users, user_entry
 from .crclient import LABELS, USERS_SECRET, decode_secret, encode
-from .kube import Kube, KubeError, ns_path
 from .settings import Settings
 
 

@@ -72,6 +72,7 @@ async def run(a: argparse.Namespace, lease) -> None:
             namespaces=a.namespace,
             liveness_endpoint=a.liveness or None,
             standalone=True,
+            memo=kopf.Memo(namespaces=list(a.namespace)),
         )
     finally:
         stop.set()

@@ -1,5 +1,6 @@
 """Kopf wiring only: every handler hands over to the level-based reconcilers of the Operator
-(runtime.py), which the startup handler keeps in Kopf's memo (`memo.op`)."""
+(runtime.py), which the startup handler keeps in Kopf's memo (`memo.op`). MapDatasets are not
+Kopf's: the startup handler starts their own controller (dataset_watch.py)."""
 
 from __future__ import annotations
 
@@ -23,21 +24,20 @@ from .labels import FINALIZER, MANAGED_BY
 from .metrics import WATCH_REQUESTS
 from .runtime import Operator
 from .settings import Settings
-from .snapshots import dataset_snapshot, service_snapshot
 
 log = logging.getLogger("kms_operator")
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 
 def with_operator(fn: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """A handler `fn(op, **kwargs)`: given the Operator made at startup (Kopf's memo), reading
-    Kopf's (pre-populated) indexes; an ApiError becomes a Kopf retry when transient, else a
-    permanent failure. (Kopf takes the handler's id from `fn`.)"""
+    """A handler `fn(op, **kwargs)`: given the Operator made at startup (Kopf's memo), once the
+    dataset and service snapshots are listed; an ApiError becomes a Kopf retry when transient,
+    else a permanent failure. (Kopf takes the handler's id from `fn`.)"""
 
     @functools.wraps(fn)
-    async def handler(memo: kopf.Memo, datasets: kopf.Index, services: kopf.Index, **kwargs: Any) -> None:
+    async def handler(memo: kopf.Memo, **kwargs: Any) -> None:
         op: Operator = memo.op
-        op.state.use_indexes(datasets, services)
+        await op.state.synced.wait()
         try:
             await fn(op, **kwargs)
         except ApiError as e:
@@ -65,10 +65,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
     settings.execution.max_workers = 8
-    # No settings.queueing.worker_limit: with indexes, every object of a kind needs a worker
-    # before any handler runs (the index must be complete), so a limit below the number of
-    # objects deadlocks the start (seen in the bench's resync). It would cap the memory of a burst.
-    memo.op = Operator(Kube.from_environment(timeout=s.request_timeout), s)
+    memo.op = Operator(Kube.from_environment(timeout=s.request_timeout), s, memo.get("namespaces", []))
+    memo.op.start()
     # what exists now (modules, classes, settings) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise walk it again and again during a burst
     gc.freeze()
@@ -120,45 +118,6 @@ async def _count_watch(
     """Count each watch request Kopf opens (the first one and every reconnect), by resource."""
     if params.url.query.get("watch") == "true":
         WATCH_REQUESTS.labels(resource=params.url.path.rstrip("/").rsplit("/", 1)[-1]).inc()
-
-
-# ------------------------------------------------------------------ indexes (pre-listed by Kopf)
-
-
-@kopf.index(GROUP, VERSION, "mapdatasets")
-def datasets(namespace: str, body: kopf.Body, **_: Any) -> dict:
-    return {namespace: dataset_snapshot(body)}
-
-
-@kopf.index(GROUP, VERSION, "mapservices")
-def services(namespace: str, body: kopf.Body, **_: Any) -> dict:
-    return {namespace: service_snapshot(body)}
-
-
-# ------------------------------------------------------------------ MapDataset
-
-
-@kopf.on.resume(GROUP, VERSION, "mapdatasets")
-@kopf.on.create(GROUP, VERSION, "mapdatasets")
-@kopf.on.update(GROUP, VERSION, "mapdatasets")
-@with_operator
-async def dataset_changed(op: Operator, body: kopf.Body, **_: Any) -> None:
-    await op.datasets.reconcile(body)
-
-
-@kopf.on.event(GROUP, VERSION, "mapdatasets")
-@with_operator
-async def dataset_event(op: Operator, body: kopf.Body, **_: Any) -> None:
-    """Status changes (Ready flips) and deletions re-render the services that select the dataset."""
-    meta = body.get("metadata", {})
-    if meta.get("namespace"):
-        op.datasets.notify_services(meta["namespace"], meta["name"], dict(meta.get("labels") or {}))
-
-
-@kopf.on.delete(GROUP, VERSION, "mapdatasets")
-@with_operator
-async def dataset_deleted(op: Operator, body: kopf.Body, **_: Any) -> None:
-    await op.datasets.release(body)
 
 
 # ------------------------------------------------------------------ MapService

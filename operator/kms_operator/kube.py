@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client, config
-
 from kms_crds import API_VERSION
+from kms_crds.kube import Kube as Http
+from kms_crds.kube import KubeError
 
 from .kinds import PLURALS
 from .labels import FIELD_MANAGER
@@ -24,13 +24,7 @@ from .metrics import API_WRITES
 log = logging.getLogger("kms_operator.kube")
 
 
-class ApiError(Exception):
-    """A failed API call; `transient` when retrying may help (5xx, 429, conflicts, timeouts)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-        self.transient = status in (0, 409, 429) or status >= 500
+ApiError = KubeError  # a failed call; `.transient` when retrying may help (5xx, 429, 409, unreachable)
 
 
 def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
@@ -54,17 +48,19 @@ def is_subset(desired: Any, live: Any) -> bool:
 
 @dataclass
 class Kube:
-    api: client.ApiClient
+    """The operator's verbs on top of the shared client (kms_crds.kube): get/list/apply/delete by
+    apiVersion+kind, merge patches, Events."""
+
+    http: Http
     timeout: float = 30
 
     @classmethod
     def from_environment(cls, timeout: float = 30) -> Kube:
-        try:
-            config.load_incluster_config()
-            api = client.ApiClient()
-        except config.ConfigException:
-            api = config.new_client_from_config()
-        return cls(api, timeout)
+        return cls(Http.from_environment(timeout=timeout, max_pending=1024, pool=16), timeout)
+
+    @property
+    def api(self):  # the kubernetes ApiClient (auth, for the Lease)
+        return self.http.api
 
     def _call(
         self,
@@ -74,25 +70,9 @@ class Kube:
         query: dict | None = None,
         content_type: str = "application/json",
     ) -> tuple[int, Any]:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        # param_serialize adds the auth headers (bearer token / exec plugins) like generated calls do
-        _, url, headers, _, _ = self.api.param_serialize(
-            method,
-            path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            auth_settings=["BearerToken"],
+        return self.http.request(
+            method, path, body, query, content_type, timeout=(5, self.timeout), limited=False
         )
-        try:
-            resp = self.api.call_api(method, url, headers, body, _request_timeout=(5, self.timeout))
-        except Exception as e:  # connection refused, timeouts: the API may come back
-            raise ApiError(0, f"{method} {path}: {type(e).__name__}: {e}") from None
-        raw = resp.read() if hasattr(resp, "read") else resp.data
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            payload = raw
-        return resp.status, payload
 
     def _ok(self, method: str, path: str, status: int, payload: Any) -> Any:
         if status >= 400:
@@ -151,11 +131,17 @@ class Kube:
         self, api_version: str, kind: str, namespace: str, name: str, status_patch: dict
     ) -> dict:
         """Merge-patch the status subresource."""
-        path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}/status"
-        status, payload = self._call(
-            "PATCH", path, {"status": status_patch}, None, "application/merge-patch+json"
-        )
-        API_WRITES.labels(verb="patch-status", kind=kind).inc()
+        return self.patch(api_version, kind, namespace, name, {"status": status_patch}, "status")
+
+    def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, body: dict, subresource: str = ""
+    ) -> dict:
+        """Merge-patch an object (or a subresource). With metadata.resourceVersion in `body` it is
+        conditional: 409 when the object changed since."""
+        path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
+        path += f"/{subresource}" if subresource else ""
+        status, payload = self._call("PATCH", path, body, None, "application/merge-patch+json")
+        API_WRITES.labels(verb=f"patch-{subresource}" if subresource else "patch", kind=kind).inc()
         return self._ok("PATCH", path, status, payload)
 
     def event(self, obj: dict, type_: str, reason: str, message: str) -> None:

@@ -82,7 +82,7 @@ def _dns_name(text: str) -> str:
 
 
 class MapJobs:
-    """The MapJob reconciler (its own queue; the API client and indexes are the shared State)."""
+    """The MapJob reconciler (its own queue; the API client and snapshots are the shared State)."""
 
     def __init__(self, op: State):
         self.op = op

@@ -37,3 +37,8 @@ WATCH_REQUESTS = Counter(
     "Watch requests sent to the API server, one per watch (re)connect (KMS_WATCH_SERVER_TIMEOUT closes each)",
     ["resource"],
 )
+EVENTS_SKIPPED = Counter(
+    "kms_events_skipped_total",
+    "Normal Events not posted because the budget for them was spent (a bulk apply)",
+    ["reason"],
+)

@@ -127,3 +127,101 @@ class BatchQueue:
         deadline = time.monotonic() + timeout
         while self.tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+
+class WorkQueue:
+    """A fixed pool of workers over per-object requests (the MapDataset controller's queue).
+
+    A key waits at most once however often it is asked for; a key asked for while it runs runs
+    once more afterwards (never twice at once); a failure is retried with capped exponential
+    backoff, at most `retries` times. Memory is one entry per waiting key: no task per object."""
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[Key], Awaitable[None]],
+        workers: int = 8,
+        retries: int = 8,
+        backoff: float = 0.5,
+    ):
+        self.name, self.run, self.workers, self.retries, self.backoff = name, run, workers, retries, backoff
+        self.queue: asyncio.Queue[Key] = asyncio.Queue()
+        self.waiting: set[Key] = set()  # in self.queue
+        self.running: set[Key] = set()
+        self.again: set[Key] = set()  # asked for while running
+        self.failures: dict[Key, int] = {}
+        self.retrying: dict[Key, asyncio.TimerHandle] = {}
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._worker()) for _ in range(self.workers)]
+
+    def request(self, key: Key) -> None:
+        if key in self.running:
+            self.again.add(key)
+        elif key not in self.waiting:
+            self.waiting.add(key)
+            self.queue.put_nowait(key)
+            QUEUED.labels(queue=self.name, namespace=key[0]).inc()
+
+    def _retry(self, key: Key) -> None:
+        self.retrying.pop(key, None)
+        QUEUED.labels(queue=self.name, namespace=key[0]).dec()
+        self.request(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self.waiting.discard(key)
+            self.running.add(key)
+            try:
+                await self.run(key)
+                self.failures.pop(key, None)
+            except Exception as e:
+                n = self.failures[key] = self.failures.get(key, 0) + 1
+                log.warning("%s %s/%s failed (%d/%d): %s", self.name, *key, n, self.retries, e)
+                if n < self.retries and key not in self.retrying:
+                    delay = min(30.0, self.backoff * 2 ** (n - 1))
+                    self.retrying[key] = asyncio.get_running_loop().call_later(delay, self._retry, key)
+                    QUEUED.labels(queue=self.name, namespace=key[0]).inc()
+                elif n >= self.retries:
+                    self.failures.pop(key, None)
+            finally:
+                self.running.discard(key)
+                QUEUED.labels(queue=self.name, namespace=key[0]).dec()
+                if key in self.again:
+                    self.again.discard(key)
+                    self.request(key)
+
+    def busy(self) -> bool:
+        return bool(self.waiting or self.running or self.retrying)
+
+    async def idle(self, timeout: float = 30) -> None:
+        """Wait until nothing waits, runs or waits for a retry (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for handle in self.retrying.values():
+            handle.cancel()
+
+
+class TokenBucket:
+    """At most `burst` at once, refilled at `rate` per second (a budget for optional writes)."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

@@ -1,9 +1,9 @@
 """The composition root: makes the shared State and wires the reconcilers and their queues.
 
-    handlers (Kopf) ─► Operator ─► Datasets ──┐            (dataset status, servedBy)
-                                  Services ──┼─► State   (API client, settings, indexes, locks)
-                                  TileCaches ┤
-                                  MapJobs  ──┘
+    DatasetWatch ─► Datasets ──┐            (dataset status, servedBy)
+    handlers (Kopf) ─► Services ──┼─► State   (API client, settings, snapshots, locks)
+                       TileCaches ┤
+                       MapJobs  ──┘
 Datasets queue service reconciles; Services re-check the datasets' servedBy (Served)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from .dataset_watch import DatasetWatch
 from .datasets import Datasets
 from .kube import Kube
 from .mapjobs import MapJobs
@@ -27,6 +28,7 @@ class Operator:
 
     kube: Kube
     settings: Settings
+    namespaces: list[str] = field(default_factory=list)  # watched namespaces (none: all)
     background: list[asyncio.Task] = field(default_factory=list)  # housekeeping tasks
 
     def __post_init__(self) -> None:
@@ -37,3 +39,8 @@ class Operator:
             self.state, self.served, self.services.queue.request, self.services.reconcile
         )
         self.mapjobs = MapJobs(self.state)
+        self.dataset_watch = DatasetWatch(self.state, self.datasets, self.namespaces)
+
+    def start(self) -> None:
+        """Start listing and watching datasets and services (handlers wait for state.synced)."""
+        self.background.append(asyncio.get_running_loop().create_task(self.dataset_watch.run()))

@@ -108,7 +108,10 @@ class Served:
         async def one(name: str, patch: dict) -> None:
             async with limit:
                 try:
-                    await state.call(state.kube.patch_status, API_VERSION, "MapDataset", ns, name, patch)
+                    written = await state.call(
+                        state.kube.patch_status, API_VERSION, "MapDataset", ns, name, patch
+                    )
+                    state.dataset_written(written)
                 except Exception as e:
                     failed[name] = e
 

@@ -143,7 +143,7 @@ class Services:
         tc = spec.tile_cache
         cached = tc is not None and tc.enabled
         # The datasets as this pass sees them: the mapfile and the tile cache's dataset versions
-        # must come from the same snapshots (the index changes while the pass awaits the API; a tile
+        # must come from the same snapshots (the store changes while the pass awaits the API; a tile
         # version of a newer snapshot could go live before MapServer serves that snapshot's mapfile).
         snaps = {d["name"]: d for d in state.datasets_in(ns)} if cached else {}
 

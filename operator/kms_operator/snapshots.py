@@ -1,4 +1,4 @@
-"""What the operator keeps in memory about MapDatasets and MapServices (the Kopf index values), and
+"""What the operator keeps in memory about MapDatasets and MapServices (the informers' snapshots), and
 the pure functions that select and order a service's datasets from them. No I/O."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
@@ -23,7 +24,7 @@ RENDER_STATUS_FIELDS = (*SHAPE_STATUS_FIELDS, "sourceLayer")  # what a service's
 
 
 class DatasetSnapshot(dict):
-    """A MapDataset as the operator keeps it in memory (the index value), compact: spec and status
+    """A MapDataset as the operator keeps it in memory (its store entry), compact: spec and status
     are held as JSON bytes and decoded (a fresh copy) when read as snapshot["spec"] / ["status"].
     Ten thousand datasets as nested dicts are ~150 objects each, allocated one by one between the
     transient objects of a burst: they cost ~20 KB a dataset and keep the allocator from giving
@@ -42,18 +43,20 @@ def _compact(value: Mapping | None) -> bytes:
 
 
 def dataset_snapshot(body: Mapping) -> dict:
-    """What the operator keeps in memory about a MapDataset (the index value). A new snapshot is
+    """What the operator keeps in memory about a MapDataset (its store entry). A new snapshot is
     made on every change of the object."""
     meta = body.get("metadata", {})
     status = body.get("status") or {}
     ready = get_condition(status, "Ready") or {}
     snap = DatasetSnapshot(
         name=meta.get("name"),
+        ns=sys.intern(meta.get("namespace") or ""),
         uid=meta.get("uid"),
         rv=meta.get("resourceVersion"),
         generation=meta.get("generation"),
-        labels=dict(meta.get("labels") or {}),
+        labels={sys.intern(k): sys.intern(v) for k, v in (meta.get("labels") or {}).items()},
         deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(meta.get("finalizers") or ()),
         _spec=_compact(body.get("spec")),
         _status=_compact(status),
         # the Ready condition: (status, reason, observedGeneration), or None without one
@@ -101,6 +104,8 @@ def service_snapshot(body: Mapping) -> dict:
     meta = body.get("metadata", {})
     return {
         "name": meta.get("name"),
+        "ns": meta.get("namespace") or "",
+        "rv": meta.get("resourceVersion"),
         "uid": meta.get("uid"),
         "deleting": bool(meta.get("deletionTimestamp")),
         "generation": meta.get("generation"),
@@ -227,3 +232,54 @@ def select(datasets: Iterable[dict], spec: MapServiceSpec, exclude: set[str]) ->
         out.included.append(slim_input(d))
         out.refs.append(layer_ref(d))
     return out
+
+
+def body_of(d: dict) -> dict:
+    """The parts of a MapDataset a reconcile reads, rebuilt from its snapshot."""
+    meta = {k: d[k] for k in ("name", "uid", "generation", "labels", "finalizers")}
+    meta.update(namespace=d["ns"], resourceVersion=d["rv"])
+    return {"metadata": meta, "spec": d["spec"], "status": d["status"]}
+
+
+def newer(rv: str | None, than: str | None) -> bool:
+    """Is resourceVersion `rv` newer than `than`? (etcd revisions; opaque ones count as newer)"""
+    if rv is None or than is None or not (rv.isdigit() and than.isdigit()):
+        return rv != than
+    return int(rv) > int(than)
+
+
+class SnapshotStore:
+    """Snapshots of one kind per namespace, kept by an Informer (informer.py): `store.get(ns, ())`
+    gives a namespace's snapshots (the shape of the Kopf index it replaces)."""
+
+    def __init__(self) -> None:
+        self.by_ns: dict[str, dict[str, dict]] = {}
+
+    def get(self, ns: str, default: Iterable[dict] = ()) -> Iterable[dict]:
+        snaps = self.by_ns.get(ns)
+        return snaps.values() if snaps else default
+
+    def find(self, ns: str, name: str) -> dict | None:
+        return self.by_ns.get(ns, {}).get(name)
+
+    def put(self, snap: dict) -> dict | None:
+        """Store the snapshot; the one it replaces (None if new)."""
+        snaps = self.by_ns.setdefault(snap["ns"], {})
+        old = snaps.get(snap["name"])
+        snaps[snap["name"]] = snap
+        return old
+
+    def remove(self, ns: str, name: str) -> dict | None:
+        snaps = self.by_ns.get(ns)
+        old = snaps.pop(name, None) if snaps else None
+        if snaps is not None and not snaps:
+            del self.by_ns[ns]
+        return old
+
+    def keys(self, ns: str | None) -> set[tuple[str, str]]:
+        """(namespace, name) of every stored snapshot (of one namespace, or all)."""
+        spaces = [ns] if ns is not None else list(self.by_ns)
+        return {(n, name) for n in spaces for name in self.by_ns.get(n, {})}
+
+    def __len__(self) -> int:
+        return sum(map(len, self.by_ns.values()))

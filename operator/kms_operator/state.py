@@ -1,6 +1,6 @@
-"""What every reconciler shares: the API client, the settings, Kopf's in-memory indexes (the
-dataset and service snapshots per namespace), per-object locks, and the threads API calls and GDAL
-run on. Made once at startup and kept in Kopf's memo (handlers.py)."""
+"""What every reconciler shares: the API client, the settings, the dataset snapshots (our own
+list+watch, informer.py) and the service snapshots (likewise), per-object locks, and the
+threads API calls and GDAL run on. Made once at startup and kept in Kopf's memo (handlers.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .kube import Kube
 from .settings import Settings
+from .snapshots import SnapshotStore
 
 # GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
 GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
@@ -28,16 +29,13 @@ _SERVICE_LANE: contextvars.ContextVar[bool] = contextvars.ContextVar("kms_servic
 class State:
     kube: Kube
     settings: Settings
-    datasets: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
-    services: Mapping[str, Iterable[dict]] = field(default_factory=dict)  # kopf index: ns -> snapshots
+    datasets: SnapshotStore = field(default_factory=SnapshotStore)  # ns -> snapshots (informer.py)
+    services: SnapshotStore = field(default_factory=SnapshotStore)
     locks: dict[tuple, asyncio.Lock] = field(default_factory=dict)
-
-    def use_indexes(self, datasets: Mapping | None, services: Mapping | None) -> None:
-        """Read snapshots from Kopf's indexes (live views, handed to every handler)."""
-        if datasets is not None:
-            self.datasets = datasets
-        if services is not None:
-            self.services = services
+    # set once the first LIST of every watched scope is in the store: nothing renders before
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+    # hands a MapDataset returned by a write of ours to the dataset watch (set by runtime.py)
+    dataset_written: Callable[[dict], None] = lambda obj: None
 
     def lock(self, key: tuple) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())

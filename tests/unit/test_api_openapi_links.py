@@ -3,9 +3,9 @@ exist, with path parameters those operations take."""
 
 from __future__ import annotations
 
-from kms_api.kube import Kube
 from kms_api.main import create_app
 from kms_api.settings import Settings
+from kms_crds.kube import Kube
 
 
 def test_every_link_resolves_to_an_operation_and_its_parameters():

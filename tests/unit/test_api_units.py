@@ -23,10 +23,10 @@ from kms_api.cache import Store, rv_newer
 from kms_api.config import AppConfig, effective, env_layer
 from kms_api.errors import Problem, from_kube
 from kms_api.jobs_service import select_for_cleanup
-from kms_api.kube import KubeError
 from kms_api.registry import derive_id, derive_identifier, in_roots
 from kms_api.tombstones import retain
 from kms_api.upload import check_filename
+from kms_crds.kube import KubeError
 
 
 def ds(name: str, identifier: str, path: str | None = None, checksum: str | None = None, **spec) -> dict:

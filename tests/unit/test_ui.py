@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from kms_api.kube import Kube
 from kms_api.main import create_app
 from kms_api.routers import ui
 from kms_api.settings import Settings
+from kms_crds.kube import Kube
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Form, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from kms_crds.kube import KubeError
+
 from ..auth import Busy, verify_password
 from ..deps import AdminUser, Context, Ctx, CurrentUser
 from ..errors import Problem, field_of
-from ..kube import KubeError
 from ..models import ErrorBody, LoginRequest, Token, UserView
 from ..observability import LOGINS
 from ..throttle import FALLBACKS, Contended

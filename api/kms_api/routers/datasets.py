@@ -9,11 +9,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from kms_crds.kube import KubeError
+
 from .. import catalog, patching, registry, sniff, upload, views
 from ..deps import Context, Ctx, EditorUser, ViewerUser
 from ..errors import Problem
 from ..jobs_service import create_job_spec
-from ..kube import KubeError
 from ..models import (
     DNS_LABEL,
     DatasetCreate,

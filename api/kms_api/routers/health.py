@@ -10,9 +10,10 @@ import httpx
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from kms_crds.kube import KubeError
+
 from .. import __version__
 from ..deps import Context, Ctx
-from ..kube import KubeError
 from ..models import Component, HealthReport
 from ..views import condition
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, create_model
 
 from kms_crds.common import KModel
+from kms_crds.kube import KubeError
 from kms_crds.mapjob import (
     PARAM_FIELDS,
     CogConvert,
@@ -26,7 +27,6 @@ from kms_crds.mapjob import (
 from .. import jobs_service, views
 from ..deps import Ctx, EditorUser, ViewerUser
 from ..errors import Problem
-from ..kube import KubeError
 from ..models import (
     DNS_LABEL,
     CleanupRequest,

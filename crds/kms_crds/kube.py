@@ -1,4 +1,6 @@
-"""Raw Kubernetes HTTP access: one ApiClient, bounded timeouts, JSON in and out, watch streams.
+"""The one Kubernetes API client of the operator, the facade and the tools: JSON requests and watch
+streams over one urllib3 pool, with bounded timeouts. Auth (kubeconfig, in-cluster token) comes from
+the `kubernetes` package's configuration loaders; its generated models are not used.
 
 Everything above this module speaks dicts; nothing here knows about datasets or jobs."""
 
@@ -15,7 +17,7 @@ from kubernetes import client, config
 
 from kms_crds import GROUP, VERSION
 
-log = logging.getLogger("kms_api.kube")
+log = logging.getLogger("kms_crds.kube")
 
 CR_BASE = f"/apis/{GROUP}/{VERSION}"
 
@@ -26,6 +28,11 @@ class KubeError(Exception):
     def __init__(self, status: int, message: str, reason: str = "", causes: list[dict] | None = None):
         super().__init__(f"HTTP {status}: {message}")
         self.status, self.message, self.reason, self.causes = status, message, reason, causes or []
+
+    @property
+    def transient(self) -> bool:
+        """Retrying may help: unreachable (0), conflicts, throttling, server errors."""
+        return self.status in (0, 409, 429) or self.status >= 500
 
 
 def ns_path(namespace: str, plural: str, name: str | None = None, group_version: str | None = None) -> str:
@@ -55,7 +62,9 @@ class Kube:
         self._pending = threading.BoundedSemaphore(max_pending)
 
     @classmethod
-    def from_environment(cls, timeout: float = 10.0, kubeconfig: str | None = None) -> Kube:
+    def from_environment(
+        cls, timeout: float = 10.0, kubeconfig: str | None = None, max_pending: int = 24, pool: int = 64
+    ) -> Kube:
         """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
         cfg = client.Configuration()
         try:
@@ -64,9 +73,9 @@ class Kube:
             config.load_incluster_config(client_configuration=cfg)
         except config.ConfigException:
             config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        cfg.connection_pool_maxsize = 64
+        cfg.connection_pool_maxsize = pool
         cfg.retries = False
-        return cls(client.ApiClient(cfg), timeout)
+        return cls(client.ApiClient(cfg), timeout, max_pending)
 
     def close(self) -> None:
         self.api.close()
@@ -132,6 +141,18 @@ class Kube:
         if status >= 400:
             raise error_from(status, payload, f"GET {path}")
         return payload
+
+    def list_pages(self, path: str, query: dict | None = None, limit: int = 500) -> Iterator[dict]:
+        """A LIST in pages of `limit` items (each page a decoded list object): a list of thousands of
+        objects is never decoded at once."""
+        cont = ""
+        while True:
+            q = {**(query or {}), "limit": str(limit), **({"continue": cont} if cont else {})}
+            page = self.call("GET", path, query=q, limited=False)
+            yield page
+            cont = (page.get("metadata") or {}).get("continue") or ""
+            if not cont:
+                return
 
     def watch(self, path: str, query: dict, timeout_seconds: int) -> Iterator[dict]:
         """Watch events (dicts with type/object) until the server ends the watch after timeout_seconds."""

@@ -1,0 +1,129 @@
+"""The MapDataset controller, outside Kopf: an Informer keeps the dataset snapshots, a fixed pool of
+workers (queues.WorkQueue) reconciles the datasets that need it, and this module handles the
+finalizer. A second Informer keeps the MapService snapshots that datasets are matched against
+(Kopf still runs the MapService handlers). Nothing reconciles before both are listed.
+
+    watch event ─► Informer.observe ─► store ─► on_change ─┬─► WorkQueue ─► finalizer, Datasets.reconcile
+                                                           └─► services that select it (re-render)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from kms_crds import API_VERSION
+
+from .datasets import Datasets
+from .informer import Informer
+from .kube import ApiError
+from .labels import FINALIZER
+from .queues import Key, WorkQueue
+from .snapshots import body_of, dataset_snapshot, service_snapshot
+from .state import State
+
+log = logging.getLogger("kms_operator.datasets")
+
+
+def needs_reconcile(old: dict | None, new: dict) -> bool:
+    """Does this change of a MapDataset call for work? Its spec or labels changed, it is new to
+    this process (a restart re-checks every source), it lacks our finalizer, or it is being
+    deleted with our finalizer on. Status changes (our own writes among them) do not."""
+    ours = FINALIZER in new["finalizers"]
+    if new["deleting"]:
+        return ours
+    if old is None or not ours:
+        return True
+    return new["generation"] != old["generation"] or new["labels"] != old["labels"]
+
+
+def matters_to_services(old: dict | None, new: dict | None) -> bool:
+    """Does the change alter what a service serves (a layer added, dropped or redrawn)?"""
+    if old is None or new is None:
+        return True
+    return (
+        old["_render"] != new["_render"]
+        or old["labels"] != new["labels"]
+        or old["deleting"] != new["deleting"]
+    )
+
+
+def _ignore(old: dict | None, new: dict | None) -> None:
+    """MapService changes: Kopf's handlers act on them."""
+
+
+class DatasetWatch:
+    def __init__(self, state: State, datasets: Datasets, namespaces: Sequence[str] = ()):
+        self.state, self.datasets = state, datasets
+        settings = state.settings
+        timeout = settings.watch_server_timeout
+        args = (state.kube, API_VERSION)
+        self.informer = Informer(
+            *args, "MapDataset", dataset_snapshot, state.datasets, self._changed, list(namespaces), timeout
+        )
+        self.services = Informer(
+            *args,
+            "MapService",
+            service_snapshot,
+            state.services,
+            lambda o, n: None,
+            list(namespaces),
+            timeout,
+        )
+        self.queue = WorkQueue("dataset reconcile", self._work, workers=settings.dataset_workers)
+        state.dataset_written = lambda obj: self.informer.observe(dataset_snapshot(obj))
+
+    async def run(self) -> None:
+        """Start both informers; set state.synced once both have listed everything."""
+        self.services.start()
+        self.informer.start()
+        await self.services.synced.wait()
+        await self.informer.synced.wait()
+        self.queue.start()
+        self.state.synced.set()
+        log.info("listed %d datasets and %d services", len(self.state.datasets), len(self.state.services))
+
+    def stop(self) -> None:
+        self.informer.stop()
+        self.services.stop()
+        self.queue.stop()
+
+    def _changed(self, old: dict | None, new: dict | None) -> None:
+        if new is not None and needs_reconcile(old, new):
+            self.queue.request((new["ns"], new["name"]))
+        if matters_to_services(old, new):
+            notify = self.datasets.notify_services
+            if new is not None:
+                notify(new["ns"], new["name"], new["labels"])
+            if old is not None and (new is None or old["labels"] != new["labels"]):
+                notify(old["ns"], old["name"], old["labels"])
+
+    async def _work(self, key: Key) -> None:
+        snap = self.state.datasets.find(*key)
+        if snap is None:
+            return
+        if snap["deleting"]:
+            if FINALIZER in snap["finalizers"]:
+                await self.datasets.release(body_of(snap))
+                await self._finalizer(snap, keep=False)
+            return
+        if FINALIZER not in snap["finalizers"]:
+            await self._finalizer(snap, keep=True)
+            snap = self.state.datasets.find(*key) or snap
+        await self.datasets.reconcile(body_of(snap))
+
+    async def _finalizer(self, snap: dict, keep: bool) -> None:
+        """Add or remove our finalizer, only if the object has not changed since the snapshot (a
+        conflict is retried once the watch has brought the new version)."""
+        finalizers = [f for f in snap["finalizers"] if f != FINALIZER] + ([FINALIZER] if keep else [])
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": snap["rv"]}}
+        state = self.state
+        try:
+            obj = await state.call(
+                state.kube.patch, API_VERSION, "MapDataset", snap["ns"], snap["name"], patch
+            )
+        except ApiError as e:
+            if e.status == 404:  # gone already
+                return
+            raise
+        state.dataset_written(obj)

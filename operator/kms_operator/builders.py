@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from kms_crds.configmap_files import MAPFILE, put_file, read_file
 from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
-from .labels import HASH_ANNOTATION, labels, owner_reference, selector, tiles_selector
+from .labels import HASH_ANNOTATION, RENDER_KEY_ANNOTATION, labels, owner_reference, selector, tiles_selector
 from .mapfile import layer_name, ogcapi_root
 from .network_policies import build_mapserver_policy
 
@@ -49,6 +49,17 @@ fi
 mv /run/mapserver/service.map.tmp /run/mapserver/service.map
 exec /bin/sh /etc/mapserver/check-mapfile.sh
 """
+
+
+def live_mapfile(live_cm: dict | None, render_key: str) -> str:
+    """The mapfile of a live mapfile ConfigMap made from `render_key`, else ""."""
+    annotations = ((live_cm or {}).get("metadata") or {}).get("annotations") or {}
+    if not live_cm or annotations.get(RENDER_KEY_ANNOTATION) != render_key:
+        return ""
+    try:
+        return mapfile_from_configmap(live_cm.get("data"), live_cm.get("binaryData"))
+    except (KeyError, ValueError, OSError):
+        return ""
 
 
 def mapfile_from_configmap(data: dict | None, binary_data: dict | None) -> str:
@@ -102,13 +113,16 @@ def process_count(spec: MapServiceSpec) -> int:
     return max(1, min(16, math.ceil(cores * 2)))
 
 
-def build_configmap(owner: Owner, mapfile: str, config: str, mapfile_hash: str) -> dict:
+def build_configmap(owner: Owner, mapfile: str, config: str, mapfile_hash: str, render_key: str = "") -> dict:
+    """The immutable mapfile ConfigMap; `render_key` (annotated) names what the mapfile was made
+    from, so an operator restarted with the same datasets can take it instead of rebuilding."""
+    annotations = {HASH_ANNOTATION: mapfile_hash}
+    if render_key:
+        annotations[RENDER_KEY_ANNOTATION] = render_key
     cm = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": owner.meta(
-            configmap_name(owner.name, mapfile_hash), "mapfile", annotations={HASH_ANNOTATION: mapfile_hash}
-        ),
+        "metadata": owner.meta(configmap_name(owner.name, mapfile_hash), "mapfile", annotations=annotations),
         "immutable": True,
         "data": {CONFIG_FILE: config, CHECK_SCRIPT: CHECK_SH, PREPARE_SCRIPT: PREPARE_SH},
     }
@@ -364,10 +378,11 @@ def build_children(
     mapfile_hash: str,
     default_image: str = DEFAULT_IMAGE,
     network_policies: bool = True,
+    render_key: str = "",
 ) -> dict:
     """All desired children: {'configmap', 'deployment', 'service', and kinds.OPTIONAL_KINDS'
     kinds -> manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES."""
-    cm = build_configmap(owner, mapfile, config, mapfile_hash)
+    cm = build_configmap(owner, mapfile, config, mapfile_hash, render_key)
     policy = build_mapserver_policy(
         owner.meta(owner.name, "network-policy"), owner.name, spec, tiles_selector(owner.name), mapfile
     )

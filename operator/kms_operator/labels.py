@@ -8,6 +8,7 @@ MANAGED_BY = "kube-mapserver-operator"
 FIELD_MANAGER = "kube-mapserver"
 FINALIZER = f"{GROUP}/cleanup"
 HASH_ANNOTATION = f"{GROUP}/mapfile-hash"
+RENDER_KEY_ANNOTATION = f"{GROUP}/render-key"  # what a mapfile ConfigMap was made from
 SELECTOR_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance")
 
 

@@ -15,16 +15,17 @@ from kms_crds import API_VERSION
 from kms_crds.mapservice import MapServiceSpec
 
 from . import builders, rollout
+from .builders import live_mapfile
 from .children import delete_children, prune_configmaps
 from .conditions import Problem, settle_status, status_conditions
-from .kinds import DEPLOYMENT, OPTIONAL_KINDS, POD
+from .kinds import CONFIG_MAP, DEPLOYMENT, OPTIONAL_KINDS, POD
 from .kube import ApiError, event_ref
 from .mapfile import build_config, build_mapfile, mapfile_hash
 from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES, SERVICE_PASSES
 from .queues import Debouncer, Key
 from .served import Served
 from .service_status import rollout_of, service_events, service_status
-from .snapshots import SlimInput, is_pending, render_key, select, selected
+from .snapshots import SlimInput, is_pending, render_digest, render_key, select, selected
 from .state import State, service_lane
 from .tilecache_reconcile import TileCaches
 
@@ -38,6 +39,7 @@ class Rendered(NamedTuple):
     datasets: list[SlimInput]
     excluded: list[str]
     mapfile: str
+    render_key: str  # render_digest(): what the mapfile was made from
 
 
 class Services:
@@ -88,14 +90,23 @@ class Services:
         return False
 
     def _render(
-        self, ns: str, name: str, spec: MapServiceSpec, gen: int | None, exclude: set[str], t0: float
+        self,
+        ns: str,
+        name: str,
+        spec: MapServiceSpec,
+        gen: int | None,
+        exclude: set[str],
+        t0: float,
+        live_cm: dict | None,
     ) -> Rendered | None:
         """The mapfile and selection (None: wait for datasets being inspected, the service is queued
-        again). Nothing that shapes the mapfile changed since the last pass: no rebuild."""
+        again). Nothing that shapes the mapfile changed since the last pass: no rebuild; nor since
+        the live ConfigMap was written (its render-key annotation, after a restart): no rebuild."""
         key = (ns, name)
         ogcapi = builders.ogcapi_url(name, ns, spec, self.state.settings.service_url_template)
         datasets = self.state.datasets_in(ns)
         rkey = render_key(datasets, gen, spec, exclude)
+        digest = render_digest(rkey, ogcapi)
         cached = self.rendered.get(key)
         if cached and cached[0] == rkey:
             _, included, excluded, pending, packed, refs = cached
@@ -107,8 +118,9 @@ class Services:
             ):
                 return None
             included, refs, excluded, pending = select(datasets, spec, exclude)
-            mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi) if not pending else ""
-            if not pending:
+            mapfile = "" if pending else live_mapfile(live_cm, digest)
+            if not pending and not mapfile:
+                mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
                 MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
             # kept: the render key, what the status and tile cache need of each dataset, the
             # mapfile compressed (10,000 layers are ~8 MB of text)
@@ -128,7 +140,7 @@ class Services:
             mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
             MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
         self.pending_since.pop(key, None)
-        return Rendered(included, excluded, mapfile)
+        return Rendered(included, excluded, mapfile, digest)
 
     async def _reconcile(self, body: dict, exclude: set[str]) -> None:
         state, settings = self.state, self.state.settings
@@ -147,15 +159,25 @@ class Services:
         # version of a newer snapshot could go live before MapServer serves that snapshot's mapfile).
         snaps = {d["name"]: d for d in state.datasets_in(ns)} if cached else {}
 
-        # render
-        rendered = self._render(ns, name, spec, gen, exclude, t0)
+        # render (after a restart, the live ConfigMap may already hold this very mapfile)
+        live_cm = None
+        if (ns, name) not in self.rendered and old_status.get("configMap"):
+            live_cm = await call(kube.get, *CONFIG_MAP, ns, old_status["configMap"])
+        rendered = self._render(ns, name, spec, gen, exclude, t0, live_cm)
         if rendered is None:
             return
         # build
         config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
         digest = mapfile_hash(rendered.mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
         children = builders.build_children(
-            owner, spec, rendered.mapfile, config, digest, settings.mapserver_image, settings.network_policies
+            owner,
+            spec,
+            rendered.mapfile,
+            config,
+            digest,
+            settings.mapserver_image,
+            settings.network_policies,
+            rendered.render_key,
         )
         cost = time.thread_time() - t0
         # apply

@@ -4,10 +4,12 @@ the pure functions that select and order a service's datasets from them. No I/O.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 from pydantic import ValidationError
@@ -16,6 +18,7 @@ from kms_crds.common import LabelSelector
 from kms_crds.mapdataset import SHAPE_STATUS_FIELDS, MapDatasetSpec, MapDatasetStatus
 from kms_crds.mapservice import MapServiceSpec
 
+from . import mapfile as mapfile_module
 from .conditions import get_condition
 from .mapfile import DatasetInput, LayerRef, epsg, layer_name
 
@@ -199,6 +202,15 @@ def render_key(
     """Everything the mapfile depends on: the service generation and, per selected dataset,
     its generation, readiness and inspected shape (not servedBy, url or timestamps)."""
     return generation, tuple(sorted(render_part(d) for d in selected(datasets, spec, exclude)))
+
+
+# the mapfile writer's own code: a new version of it renders again what an old one wrote
+RENDERER = hashlib.sha256(Path(mapfile_module.__file__).read_bytes()).hexdigest()[:16]
+
+
+def render_digest(key: tuple, ogcapi_url: str | None) -> str:
+    """A digest of a render key, the OGC API URL and the renderer: equal digests, equal mapfiles."""
+    return hashlib.sha256(repr((RENDERER, ogcapi_url, key)).encode()).hexdigest()[:32]
 
 
 class Selection(NamedTuple):

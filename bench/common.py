@@ -221,11 +221,21 @@ class ReadyCounter:
             self._watch.stop()
 
 
-def rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory now."""
+    return _status_mb(pid, "VmRSS")
+
+
+def peak_mb(pid: int) -> float:
+    """The most resident memory the process ever had (VmHWM)."""
+    return _status_mb(pid, "VmHWM")
 
 
 class Operator:

@@ -1,5 +1,6 @@
-"""Operator benchmarks: bulk apply -> Ready, single apply latency, writes on a forced resync,
-re-renders on one change, memory."""
+"""Operator benchmarks: bulk apply -> Ready (100, 1,000, 10,000 datasets), memory at its peak and
+idle after each burst, single apply latency, re-renders on one change, and a restart with every
+dataset in scope: time back to idle, API writes (the apiserver's own count) and mapfile builds."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 from kubernetes import client
 
-from bench.common import Operator, Plane, dataset_body, log, rss_mb, service_body, summary, wait
+from bench.common import Operator, Plane, dataset_body, log, peak_mb, rss_mb, service_body, summary, wait
 from kms_operator.builders import mapfile_from_configmap
 
 OUR_RESOURCES = {
@@ -22,7 +23,23 @@ OUR_RESOURCES = {
     "horizontalpodautoscalers",
     "poddisruptionbudgets",
     "jobs",
+    "networkpolicies",
 }
+TRIM_PERIOD = 10  # seconds between the operator's malloc_trim calls (handlers.py)
+
+
+def wait_idle(operator: Operator, timeout: float) -> float:
+    """Until nothing is queued or running in the operator (its kms_queued_reconciles gauge at 0,
+    twice a second apart); the seconds it took."""
+    t0 = time.monotonic()
+    quiet = []
+
+    def idle() -> bool:
+        quiet.append(operator.metric("kms_queued_reconciles") == 0)
+        return len(quiet) >= 2 and quiet[-1] and quiet[-2]
+
+    wait(idle, "operator idle (no reconcile queued or running)", timeout, interval=0.5)
+    return time.monotonic() - t0
 
 
 def ready_count(plane: Plane, ns: str) -> int:
@@ -108,26 +125,42 @@ def single_apply(plane: Plane, ns: str, path: str, count: int = 20) -> dict:
     return summary(lat)
 
 
-def resync_writes(plane: Plane, operator: Operator, ns: str, n: int) -> dict:
-    """Restart the operator (forced resync of everything) and count API writes it caused."""
+def resync_writes(plane: Plane, operator: Operator, n: int, services: int) -> dict:
+    """Restart the operator with n datasets and `services` MapServices in scope (a forced resync
+    of everything): seconds from the start until it is idle again, the API writes it caused
+    (apiserver_request_total) and the mapfiles it built."""
     time.sleep(3)
     before = plane.writes(OUR_RESOURCES)
     operator.stop()
     t0 = time.monotonic()
     operator.start()
-    # the resume handlers have run once every dataset was reconciled again by the new process
+    # back to idle: every dataset was reconciled again by the new process, every service had a
+    # whole pass, and nothing is queued
     wait(
         lambda: operator.metric("kms_reconciles_total", kind="MapDataset") >= n,
         "resume of all datasets",
         timeout=max(120, n * 0.2),
     )
-    wait(lambda: operator.metric("kms_reconciles_total", kind="MapService") >= 1, "resume of the service", 60)
+    wait(
+        lambda: operator.metric("kms_service_passes_total") >= services,
+        "a pass of every service",
+        timeout=120,
+    )
+    wait_idle(operator, 120)
     resync_s = time.monotonic() - t0
     time.sleep(3)
     after = plane.writes(OUR_RESOURCES)
     diff = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
     diff = {k: v for k, v in diff.items() if v}
-    return {"writes": sum(diff.values()), "by_verb_resource": diff, "resync_s": resync_s}
+    return {
+        "n": n,
+        "writes": sum(diff.values()),
+        "by_verb_resource": diff,
+        "resync_s": resync_s,
+        "mapfile_builds": operator.metric("kms_mapfile_builds_total"),
+        "operator_peak_mb": peak_mb(operator.proc.pid),
+        "operator_rss_mb": rss_mb(operator.proc.pid),
+    }
 
 
 def rerenders(plane: Plane, operator: Operator, ns: str) -> dict:
@@ -159,9 +192,14 @@ def run(
             log(f"bulk apply of {n} datasets")
             r = bulk_apply(plane, n, path, bulk_timeout)
             r["operator_rss_mb"] = rss_mb(op.proc.pid)
+            r["operator_peak_mb"] = peak_mb(op.proc.pid)  # since the start: the biggest burst so far
+            r["idle_after_s"] = wait_idle(op, 300)
+            time.sleep(TRIM_PERIOD + 2)  # freed memory goes back to the OS on the next trim
+            r["operator_idle_mb"] = rss_mb(op.proc.pid)
             log(
                 f"  all Ready {r['all_ready_s']:.1f}s, served {r['all_served_s']:.1f}s, "
-                f"RSS {r['operator_rss_mb']:.0f} MB"
+                f"RSS {r['operator_rss_mb']:.0f} MB (peak {r['operator_peak_mb']:.0f}, "
+                f"idle {r['operator_idle_mb']:.0f})"
             )
             results["bulk"].append(r)
             big_ns = r["namespace"] if n == 1000 or big_ns is None else big_ns
@@ -175,29 +213,16 @@ def run(
         log(f"  {results['rerenders']}")
         total = sum(r["n"] for r in results["bulk"]) + 20 + 1
         log(f"forced resync (operator restart) over {total} datasets")
-        results["resync"] = resync_writes(plane, op, ns, total)
-        log(f"  {results['resync']['writes']} writes {results['resync']['by_verb_resource']}")
+        results["resync"] = resync_writes(plane, op, total, len(results["bulk"]) + 1)
+        rs = results["resync"]
+        log(
+            f"  idle after {rs['resync_s']:.1f}s; {rs['writes']} writes {rs['by_verb_resource']}; "
+            f"{rs['mapfile_builds']:.0f} mapfile builds; peak RSS {rs['operator_peak_mb']:.0f} MB"
+        )
         results["operator_rss_mb"] = rss_mb(op.proc.pid)
     finally:
         op.stop()
     return results
 
 
-def rss_at(plane: Plane, workdir, data_root, path: str, n: int, timeout: float | None = None) -> float:
-    """Operator RSS after it has processed n datasets: an operator watching only this namespace,
-    so it holds these n datasets and not also those the other benchmarks left in the cluster."""
-    ns = plane.namespace(f"rss-{n}")
-    op = Operator(plane.kubeconfig, data_root, workdir / "operator-rss.log", args=("--namespace", ns))
-    op.start()
-    try:
-        plane.create(ns, "mapservices", service_body("svc", {"rss": "yes"}))
-        bodies = [dataset_body(f"r{i:05d}", path, {"rss": "yes"}) for i in range(n)]
-        plane.create_many(ns, "mapdatasets", bodies, workers=16)
-        wait_ready(plane, ns, n, timeout=timeout or max(120, n * 0.5))
-        time.sleep(2)
-        return rss_mb(op.proc.pid)
-    finally:
-        op.stop()
-
-
-__all__ = ["client", "rss_at", "run"]
+__all__ = ["client", "run"]

@@ -2,12 +2,13 @@
 run on a fresh local control plane. Prints a table (figure, target, pass/fail) and writes
 bench/results/results.json and bench/results/reconcile.png.
 
-Phases: operator (always), rss and facade (search at --rss-n datasets), api (the facade alone:
+Phases: operator (always: bulk applies of --sizes datasets, memory, restart), facade (search over the
+biggest bulk namespace), api (the facade alone:
 list latency at 1,000 datasets, login timing, lists during a login flood, /health with a hung
 apiserver; bench/api_bench.py),
 serving, node (the real node, a plane of its own; bench/node_bench.py).
 
-    python -m bench.run [--sizes 100,1000] [--big] [--rss-n 10000] [--skip serving,facade,api]
+    python -m bench.run [--sizes 100,1000,10000] [--skip serving,facade,api,node]
                         [--bulk-timeout 1200]
 """
 
@@ -44,7 +45,7 @@ from bench.common import (
 RESULTS = REPO / "bench" / "results"
 
 
-def facade_bench(plane: Plane, workdir: Path, data_root: Path, ns: str, n: int) -> dict | None:
+def facade_bench(plane: Plane, workdir: Path, data_root: Path, ns: str, n: int, prefix: str) -> dict | None:
     """GET /datasets?limit=50&q=... (a search) on the watch-fed facade vs a LIST-per-request baseline."""
     try:
         import kms_api  # noqa: F401
@@ -86,7 +87,7 @@ def facade_bench(plane: Plane, workdir: Path, data_root: Path, ns: str, n: int) 
             return r.status_code == 200 and r.json().get("total") == n
 
         wait(total, f"facade cache holding {n} datasets", 300)
-        terms = [f"r{i:05d}" for i in range(0, n, max(1, n // 200))]
+        terms = [f"{prefix}{i:05d}" for i in range(0, n, max(1, n // 200))]
         lat = []
         with httpx.Client(timeout=30, headers=headers) as c:
             for t in terms:
@@ -225,31 +226,67 @@ def _served_by_pods(plane: Plane, ns: str, name: str) -> str | None:
     return base
 
 
-def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:
+# before the dataset informer (#16): bench/results/results.json of 2026-11-29 (1,000) and
+# bench/results/bulk-10000.json of 2026-11-26 (10,000)
+BEFORE = {"served_1000_s": 14.8, "single_apply_p50_s": 0.031, "served_10000_s": 217.4, "rss_10000_mb": 728}
+
+
+def operator_rows(o: dict) -> list[tuple[str, str, str, bool | None]]:
     rows: list[tuple[str, str, str, bool | None]] = []
-    if r.get("node"):
-        rows += node_bench.verdict_rows(r["node"])
-    for b in r["operator"]["bulk"]:
+    for b in o["bulk"]:
+        n = b["n"]
+        target, ok = {
+            1000: (f"<= {BEFORE['served_1000_s']} s (before)", b["all_served_s"] <= BEFORE["served_1000_s"]),
+            10000: ("<= 60 s", b["all_served_s"] <= 60),
+        }.get(n, ("", None))
         rows.append(
-            (
-                f"apply {b['n']} datasets -> all Ready + {b['n']} layers",
-                f"{b['all_served_s']:.1f} s",
-                "<= 60 s at 1,000",
-                b["all_served_s"] <= 60 if b["n"] == 1000 else None,
-            )
+            (f"apply {n} datasets -> all Ready + {n} layers", f"{b['all_served_s']:.1f} s", target, ok)
         )
-    sa = r["operator"]["single_apply"]
+    big = max(o["bulk"], key=lambda b: b["n"])
+    rows.append(
+        (
+            f"operator RSS at {big['n']} datasets: peak / idle after",
+            f"{big['operator_peak_mb']:.0f} / {big['operator_idle_mb']:.0f} MB",
+            "<= 150 MB" if big["n"] >= 10000 else "",
+            big["operator_peak_mb"] <= 150 and big["operator_idle_mb"] <= 150 if big["n"] >= 10000 else None,
+        )
+    )
+    sa = o["single_apply"]
     rows.append(
         (
             "single dataset apply -> Ready p50 / p95",
-            f"{sa['p50']:.2f} / {sa['p95']:.2f} s",
-            "p50 <= 1 s",
+            f"{sa['p50']:.3f} / {sa['p95']:.3f} s",
+            f"p50 <= 1 s, ~{BEFORE['single_apply_p50_s']} s before",
             sa["p50"] <= 1,
         )
     )
-    rs = r["operator"]["resync"]
-    rows.append(("API writes during forced resync", str(rs["writes"]), "0", rs["writes"] == 0))
-    rr = r["operator"]["rerenders"]
+    rs = o["resync"]
+    rows.append(
+        (
+            f"operator restart with {rs['n']} datasets in scope -> idle",
+            f"{rs['resync_s']:.1f} s",
+            "<= 30 s",
+            rs["resync_s"] <= 30,
+        )
+    )
+    rows.append(("  API writes during that restart (apiserver)", str(rs["writes"]), "0", rs["writes"] == 0))
+    rows.append(
+        (
+            "  mapfiles built during that restart",
+            f"{rs['mapfile_builds']:.0f}",
+            "0",
+            rs["mapfile_builds"] == 0,
+        )
+    )
+    rows.append(
+        (
+            "  operator RSS peak during that restart",
+            f"{rs['operator_peak_mb']:.0f} MB",
+            "<= 150 MB",
+            rs["operator_peak_mb"] <= 150,
+        )
+    )
+    rr = o["rerenders"]
     rows.append(
         (
             "mapfile builds on one dataset change (selecting / other service)",
@@ -258,15 +295,14 @@ def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:
             rr["svc"] == 1 and rr["other"] == 0,
         )
     )
-    if r.get("rss"):
-        rows.append(
-            (
-                f"operator RSS at {r['rss']['n']} datasets",
-                f"{r['rss']['operator_mb']:.0f} MB",
-                "<= 150 MB",
-                r["rss"]["operator_mb"] <= 150,
-            )
-        )
+    return rows
+
+
+def verdicts(r: dict) -> list[tuple[str, str, str, bool | None]]:
+    rows: list[tuple[str, str, str, bool | None]] = []
+    if r.get("node"):
+        rows += node_bench.verdict_rows(r["node"])
+    rows += operator_rows(r["operator"])
     f = r.get("facade")
     if f:
         rows.append(
@@ -344,19 +380,17 @@ def _phase(results: dict, name: str, fn, *args):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="100,1000")
-    p.add_argument("--big", action="store_true", help="also 5,000 datasets")
-    p.add_argument("--rss-n", type=int, default=10000)
-    p.add_argument("--skip", default="", help="comma list of: rss, facade, api, serving, node")
+    p.add_argument("--sizes", default="100,1000,10000")
+    p.add_argument("--skip", default="", help="comma list of: facade, api, serving, node")
     p.add_argument(
         "--bulk-timeout",
         type=float,
         default=None,
-        help="seconds each bulk apply (and the RSS run) may take (default max(120, n / 2))",
+        help="seconds each bulk apply may take (default max(120, n / 2))",
     )
     a = p.parse_args()
     skip = set(filter(None, a.skip.split(",")))
-    sizes = [int(x) for x in a.sizes.split(",")] + ([5000] if a.big else [])
+    sizes = [int(x) for x in a.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="kms-bench-"))
     data_root = work / "data"
     sample_data.write_samples(data_root)
@@ -367,19 +401,11 @@ def main() -> int:
         results["operator"] = operator_bench.run(
             plane, work, sizes, data_root, "ocean/sst-sample.tif", a.bulk_timeout
         )
-        if "rss" not in skip:
-            log(f"operator RSS with {a.rss_n} datasets")
-            results["rss"] = {
-                "n": a.rss_n,
-                "operator_mb": operator_bench.rss_at(
-                    plane, work, data_root, "ocean/sst-sample.tif", a.rss_n, a.bulk_timeout
-                ),
-                "scope": "operator watching only the namespace of these datasets",
-            }
-            if "facade" not in skip:
-                results["facade"] = _phase(
-                    results, "facade", facade_bench, plane, work, data_root, f"rss-{a.rss_n}", a.rss_n
-                )
+        if "facade" not in skip:  # search over the biggest bulk namespace
+            n = max(sizes)
+            results["facade"] = _phase(
+                results, "facade", facade_bench, plane, work, data_root, f"bulk-{n}", n, "d"
+            )
         if "api" not in skip:
             log("the facade alone: list latency, login timing, /health with a hung apiserver")
             results["api"] = _phase(results, "api", api_bench.run, plane, work, data_root)

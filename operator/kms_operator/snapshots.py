@@ -19,6 +19,7 @@ from kms_crds.mapdataset import SHAPE_STATUS_FIELDS, MapDatasetSpec, MapDatasetS
 from kms_crds.mapservice import MapServiceSpec
 
 from . import mapfile as mapfile_module
+from . import mapfile_layers
 from .conditions import get_condition
 from .mapfile import DatasetInput, LayerRef, epsg, layer_name
 
@@ -205,7 +206,9 @@ def render_key(
 
 
 # the mapfile writer's own code: a new version of it renders again what an old one wrote
-RENDERER = hashlib.sha256(Path(mapfile_module.__file__).read_bytes()).hexdigest()[:16]
+RENDERER = hashlib.sha256(
+    b"".join(Path(m.__file__).read_bytes() for m in (mapfile_module, mapfile_layers))
+).hexdigest()[:16]
 
 
 def render_digest(key: tuple, ogcapi_url: str | None) -> str:

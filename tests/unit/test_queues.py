@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from kms_operator.queues import BatchQueue, Debouncer
+from kms_operator.queues import BatchQueue, Debouncer, TokenBucket, WorkQueue
 
 
 def run(coro):
@@ -111,3 +111,62 @@ def test_a_batch_that_raises_is_retried_whole_and_given_up_after_the_limit() -> 
         return batches
 
     assert run(main()) == [["a", "b"]] * 3
+
+
+def test_a_work_queue_runs_each_key_once_per_burst_and_never_twice_at_once() -> None:
+    async def main() -> tuple[list, int]:
+        runs: list = []
+        running: set = set()
+        overlap = 0
+        gate = asyncio.Event()
+
+        async def work(key):
+            nonlocal overlap
+            overlap += key in running
+            running.add(key)
+            runs.append(key)
+            if key == ("ns", "a") and runs.count(key) == 1:
+                await gate.wait()
+            running.discard(key)
+
+        q = WorkQueue("test", work, workers=4, backoff=0.0)
+        q.start()
+        for _ in range(20):  # waiting: coalesced into one run
+            q.request(("ns", "a"))
+        q.request(("ns", "b"))
+        while ("ns", "a") not in q.running:
+            await asyncio.sleep(0)
+        for _ in range(5):  # while a runs: one more run afterwards
+            q.request(("ns", "a"))
+        gate.set()
+        await q.idle()
+        q.stop()
+        return runs, overlap
+
+    runs, overlap = run(main())
+    assert sorted(runs) == [("ns", "a"), ("ns", "a"), ("ns", "b")]
+    assert overlap == 0
+
+
+def test_a_work_queue_retries_a_failing_key_up_to_the_limit() -> None:
+    async def main() -> int:
+        calls = 0
+
+        async def work(key):
+            nonlocal calls
+            calls += 1
+            raise RuntimeError("apiserver says no")
+
+        q = WorkQueue("test", work, workers=2, retries=3, backoff=0.0)
+        q.start()
+        q.request(("ns", "a"))
+        await q.idle()
+        q.stop()
+        return calls
+
+    assert run(main()) == 3
+
+
+def test_a_token_bucket_allows_its_burst_then_its_rate() -> None:
+    bucket = TokenBucket(rate=0.0, burst=3)
+    assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]

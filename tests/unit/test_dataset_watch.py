@@ -1,0 +1,82 @@
+"""The dataset controller's pure decisions (dataset_watch.py), its store (snapshots.SnapshotStore)
+and the render digest that lets a restarted operator keep a live mapfile."""
+
+from __future__ import annotations
+
+from kms_operator.builders import Owner, build_configmap, live_mapfile
+from kms_operator.dataset_watch import matters_to_services, needs_reconcile
+from kms_operator.labels import FINALIZER
+from kms_operator.snapshots import SnapshotStore, dataset_snapshot, newer, render_digest
+
+
+def body(name="d1", rv="10", gen=1, labels=None, finalizers=(FINALIZER,), deleting=False, ready=None):
+    status = {}
+    if ready is not None:
+        status["conditions"] = [{"type": "Ready", "status": ready, "reason": "R", "observedGeneration": gen}]
+    meta = {
+        "name": name,
+        "namespace": "ns",
+        "uid": "u-" + name,
+        "resourceVersion": rv,
+        "generation": gen,
+        "labels": labels or {"a": "b"},
+        "finalizers": list(finalizers),
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-11-30T00:00:00Z"
+    return {"metadata": meta, "spec": {"identifier": "x:" + name, "type": "raster"}, "status": status}
+
+
+def snap(**kw):
+    return dataset_snapshot(body(**kw))
+
+
+def test_work_is_asked_for_on_new_spec_labels_finalizer_or_deletion_only() -> None:
+    seen = snap()
+    assert needs_reconcile(None, seen), "new to this process (a restart re-checks every source)"
+    assert not needs_reconcile(seen, snap(rv="11", ready="True")), "a status change (our own write)"
+    assert needs_reconcile(seen, snap(rv="11", gen=2)), "a new spec"
+    assert needs_reconcile(seen, snap(rv="11", labels={"a": "c"})), "new labels (other services)"
+    assert needs_reconcile(seen, snap(rv="11", finalizers=())), "our finalizer is missing"
+    assert needs_reconcile(seen, snap(rv="11", deleting=True)), "deleted with our finalizer on"
+    assert not needs_reconcile(seen, snap(rv="11", deleting=True, finalizers=())), "nothing left to do"
+
+
+def test_services_hear_of_readiness_labels_and_deletion_not_of_other_status() -> None:
+    seen = snap(ready="False")
+    assert matters_to_services(None, seen) and matters_to_services(seen, None)
+    assert matters_to_services(seen, snap(rv="11", ready="True"))
+    assert matters_to_services(seen, snap(rv="11", ready="False", labels={"x": "y"}))
+    assert not matters_to_services(seen, snap(rv="11", ready="False", finalizers=()))
+
+
+def test_the_store_keeps_one_snapshot_per_object_by_namespace() -> None:
+    store = SnapshotStore()
+    assert store.put(snap(name="a")) is None
+    old = store.put(snap(name="a", rv="11"))
+    assert old["rv"] == "10" and store.find("ns", "a")["rv"] == "11"
+    store.put(snap(name="b"))
+    assert sorted(d["name"] for d in store.get("ns")) == ["a", "b"] and len(store) == 2
+    assert store.keys(None) == {("ns", "a"), ("ns", "b")} and store.keys("other") == set()
+    store.remove("ns", "a")
+    store.remove("ns", "b")
+    assert list(store.get("ns")) == [] and not store.by_ns
+
+
+def test_resource_versions_compare_as_revisions() -> None:
+    assert newer("11", "9") and not newer("9", "11") and not newer("9", "9")
+    assert newer("abc", "9") and not newer("abc", "abc")
+
+
+def test_a_live_mapfile_is_taken_only_when_made_from_the_same_inputs() -> None:
+    key = (1, (("d1", 1, "True", "SourceValid", 1, "[]"),))
+    digest = render_digest(key, "http://svc/ogcapi")
+    assert digest == render_digest(key, "http://svc/ogcapi")
+    assert digest != render_digest((2, key[1]), "http://svc/ogcapi")
+    assert digest != render_digest(key, "http://other/ogcapi")
+    cm = build_configmap(Owner("svc", "ns", "uid"), "MAP\nEND\n", "CONFIG\nEND\n", "abc", digest)
+    assert live_mapfile(cm, digest) == "MAP\nEND\n"
+    assert live_mapfile(cm, render_digest((2, key[1]), None)) == ""
+    assert live_mapfile(None, digest) == ""
+    unannotated = build_configmap(Owner("svc", "ns", "uid"), "MAP\nEND\n", "CONFIG\nEND\n", "abc")
+    assert live_mapfile(unannotated, digest) == ""

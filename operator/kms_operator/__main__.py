@@ -52,7 +52,7 @@ def main() -> None:
         from .kube import Kube
         from .leadership import Lease
 
-        lease = Lease(Kube.from_environment().api, settings.lease_seconds)
+        lease = Lease(Kube.from_environment().http, settings.lease_seconds)
         lease.wait_for()  # a second operator started by mistake stands by here
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=os.environ.get("KMS_METRICS_ADDR", "0.0.0.0"))

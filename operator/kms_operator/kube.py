@@ -58,10 +58,6 @@ class Kube:
     def from_environment(cls, timeout: float = 30) -> Kube:
         return cls(Http.from_environment(timeout=timeout, max_pending=1024, pool=16), timeout)
 
-    @property
-    def api(self):  # the kubernetes ApiClient (auth, for the Lease)
-        return self.http.api
-
     def _call(
         self,
         method: str,

@@ -12,8 +12,8 @@ import socket
 import time
 from datetime import UTC, datetime, timedelta
 
-from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kms_crds.kube import Kube as Http
+from kms_crds.kube import KubeError, ns_path
 
 log = logging.getLogger("kms_operator.lease")
 LEASE_NAME = "kube-mapserver-operator"
@@ -37,58 +37,62 @@ def lease_namespace() -> str:
     return "default"
 
 
+def _parse(t: str | None) -> datetime | None:
+    return datetime.fromisoformat(t.replace("Z", "+00:00")) if t else None
+
+
 class Lease:
-    def __init__(self, api: client.ApiClient, seconds: int):
-        self.api = client.CoordinationV1Api(api)
+    def __init__(self, http: Http, seconds: int):
+        self.http = http
         self.ns = lease_namespace()
         self.seconds = seconds
+        self.path = ns_path(self.ns, "leases", None, "coordination.k8s.io/v1")
         # a restarted container of the same pod takes its own lease over at once
         self.identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
 
-    def _body(self, rv: str | None, transitions: int) -> client.V1Lease:
+    def _body(self, rv: str | None, transitions: int) -> dict:
         now = _fmt(_now())
-        return client.V1Lease(
-            metadata=client.V1ObjectMeta(name=LEASE_NAME, namespace=self.ns, resource_version=rv),
-            spec=client.V1LeaseSpec(
-                holder_identity=self.identity,
-                lease_duration_seconds=self.seconds,
-                acquire_time=now,
-                renew_time=now,
-                lease_transitions=transitions,
-            ),
-        )
+        meta = {"name": LEASE_NAME, "namespace": self.ns, **({"resourceVersion": rv} if rv else {})}
+        return {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": meta,
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": self.seconds,
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": transitions,
+            },
+        }
 
     def try_acquire(self) -> str | None:
         """Take the lease if free or expired; otherwise return who holds it."""
-        try:
-            lease = self.api.read_namespaced_lease(LEASE_NAME, self.ns)
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        lease = self.http.get(f"{self.path}/{LEASE_NAME}")
+        if lease is None:
             try:
-                self.api.create_namespaced_lease(self.ns, self._body(None, 0))
+                self.http.call("POST", self.path, self._body(None, 0), limited=False)
                 return None
-            except ApiException as e2:
-                if e2.status == 409:
+            except KubeError as e:
+                if e.status == 409:
                     return "another operator (just created)"
                 raise
-        spec = lease.spec
-        holder = spec.holder_identity or ""
-        renewed = spec.renew_time or spec.acquire_time
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        renewed = _parse(spec.get("renewTime") or spec.get("acquireTime"))
         expired = (
             not holder
             or renewed is None
-            or _now() > renewed + timedelta(seconds=spec.lease_duration_seconds or self.seconds)
+            or _now() > renewed + timedelta(seconds=spec.get("leaseDurationSeconds") or self.seconds)
         )
         if holder == self.identity or expired:
             try:
-                self.api.replace_namespaced_lease(
-                    LEASE_NAME,
-                    self.ns,
-                    self._body(lease.metadata.resource_version, (spec.lease_transitions or 0) + 1),
+                body = self._body(
+                    lease["metadata"]["resourceVersion"], (spec.get("leaseTransitions") or 0) + 1
                 )
+                self.http.call("PUT", f"{self.path}/{LEASE_NAME}", body, limited=False)
                 return None
-            except ApiException as e:
+            except KubeError as e:
                 if e.status == 409:
                     return "another operator (conflict)"
                 raise
@@ -132,9 +136,9 @@ class Lease:
 
     def release(self) -> None:
         try:
-            lease = self.api.read_namespaced_lease(LEASE_NAME, self.ns)
-            if lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = ""
-                self.api.replace_namespaced_lease(LEASE_NAME, self.ns, lease)
+            lease = self.http.get(f"{self.path}/{LEASE_NAME}")
+            if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                lease["spec"]["holderIdentity"] = ""
+                self.http.call("PUT", f"{self.path}/{LEASE_NAME}", lease, limited=False)
         except Exception as e:
             log.warning("could not release the lease: %s", e)

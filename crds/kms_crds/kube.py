@@ -1,6 +1,6 @@
 """The one Kubernetes API client of the operator, the facade and the tools: JSON requests and watch
-streams over one urllib3 pool, with bounded timeouts. Auth (kubeconfig, in-cluster token) comes from
-the `kubernetes` package's configuration loaders; its generated models are not used.
+streams over one urllib3 pool, with bounded timeouts. Where the apiserver is and how to
+authenticate: kubeconfig.py (in-cluster service account, or a kubeconfig).
 
 Everything above this module speaks dicts; nothing here knows about datasets or jobs."""
 
@@ -11,11 +11,13 @@ import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from kubernetes import client, config
+import urllib3
 
 from kms_crds import GROUP, VERSION
+from kms_crds.kubeconfig import Connection
+from kms_crds.kubeconfig import load as load_connection
 
 log = logging.getLogger("kms_crds.kube")
 
@@ -53,8 +55,11 @@ class Kube:
     reason TooManyPending). Requests run in the web server's thread pool, so an apiserver that
     hangs must not take all of its threads: reads from the caches need them too."""
 
-    def __init__(self, api: client.ApiClient, timeout: float = 10.0, max_pending: int = 24):
-        self.api, self.timeout = api, timeout
+    def __init__(self, conn: Connection | None, timeout: float = 10.0, max_pending: int = 24, pool: int = 64):
+        self.conn, self.timeout = conn, timeout
+        self.pool = (
+            urllib3.PoolManager(maxsize=pool, ssl_context=conn.ssl_context, retries=False) if conn else None
+        )
         self.limit_pending(max_pending)
 
     def limit_pending(self, max_pending: int) -> None:
@@ -66,32 +71,41 @@ class Kube:
         cls, timeout: float = 10.0, kubeconfig: str | None = None, max_pending: int = 24, pool: int = 64
     ) -> Kube:
         """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
-        cfg = client.Configuration()
-        try:
-            if kubeconfig:
-                raise config.ConfigException("explicit kubeconfig")
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        cfg.connection_pool_maxsize = pool
-        cfg.retries = False
-        return cls(client.ApiClient(cfg), timeout, max_pending)
+        return cls(load_connection(kubeconfig), timeout, max_pending, pool)
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of the service account or of the kubeconfig's context."""
+        return self.conn.namespace if self.conn else "default"
 
     def close(self) -> None:
-        self.api.close()
+        if self.pool is not None:
+            self.pool.clear()
 
-    def _open(self, method: str, path: str, body: Any, query: dict | None, content_type: str, timeout):
+    def _open(
+        self, method: str, path: str, body: Any, query: dict | None, content_type: str, timeout
+    ) -> urllib3.BaseHTTPResponse:
+        """Send one request; the response is not read yet (a watch streams it)."""
+        if self.pool is None or self.conn is None:
+            raise KubeError(0, f"{method} {path}: no cluster configured")
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        _, url, headers, _, _ = self.api.param_serialize(
-            method,
-            path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            auth_settings=["BearerToken"],
-        )
+        url = self.conn.server + path + (f"?{urlencode(query)}" if query else "")
+        if body is not None and not isinstance(body, bytes | str):
+            body = json.dumps(body)
+        connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         try:
-            return self.api.call_api(method, url, headers, body, _request_timeout=timeout)
-        except Exception as e:  # refused, DNS, timeouts: report as unreachable
+            token = self.conn.token()
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+            return self.pool.request(
+                method,
+                url,
+                body=body,
+                headers=headers,
+                timeout=urllib3.Timeout(connect=connect, read=read),
+                preload_content=False,
+            )
+        except Exception as e:  # refused, DNS, timeouts, a failing credential plugin: unreachable
             raise KubeError(0, f"{method} {path}: {type(e).__name__}: {e}") from None
 
     def request(
@@ -118,6 +132,8 @@ class Kube:
                 raise KubeError(
                     0, f"{method} {path}: reading the response: {type(e).__name__}: {e}"
                 ) from None
+            finally:
+                resp.release_conn()
         finally:
             if limited:
                 self._pending.release()
@@ -165,7 +181,7 @@ class Kube:
             except ValueError:
                 payload = raw
             raise error_from(resp.status, payload, f"WATCH {path}")
-        urllib3_resp = resp.response
+        urllib3_resp = resp
         try:
             buf = b""
             for chunk in urllib3_resp.stream(amt=None, decode_content=True):

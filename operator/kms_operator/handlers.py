@@ -17,6 +17,7 @@ import aiohttp
 import kopf
 
 from kms_crds import GROUP, VERSION
+from kms_crds.kubeconfig import load as load_connection
 
 from .kinds import CHILD_RESOURCES
 from .kube import ApiError, Kube
@@ -91,25 +92,20 @@ async def _return_freed_memory(period: float = 10.0) -> None:
 
 @kopf.on.login()
 async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-    """Kopf's own credentials, but on a connection pool with a bound: Kopf's default pool is
-    unlimited, and every asyncio TLS connection keeps ~256 KiB of buffers, so a burst of
-    thousands of objects would otherwise hold hundreds of MB in idle connections."""
-    info = kopf.login_via_client(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    if info is None:
-        return None
+    """Kopf's session from the same configuration as our own client (kms_crds.kubeconfig: the
+    service account in a pod, else the kubeconfig), on a connection pool with a bound: Kopf's
+    default pool is unlimited, and every asyncio TLS connection keeps ~256 KiB of buffers. On a
+    401 Kopf logs in again, which reads a rotated token."""
+    conn = load_connection()
+    token = conn.token()
     watches = aiohttp.TraceConfig()
     watches.on_request_start.append(_count_watch)
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=Settings().connection_limit, ssl=info.as_ssl_context()),
-        headers=info.as_http_headers(),
+        connector=aiohttp.TCPConnector(limit=Settings().connection_limit, ssl=conn.ssl_context),
+        headers={"Authorization": f"Bearer {token}"} if token else {},
         trace_configs=[watches],
     )
-    return kopf.AiohttpSession(
-        server=info.server,
-        default_namespace=info.default_namespace,
-        expiration=info.expiration,
-        aiohttp_session=session,
-    )
+    return kopf.AiohttpSession(server=conn.server, default_namespace=conn.namespace, aiohttp_session=session)
 
 
 async def _count_watch(

@@ -6,6 +6,7 @@ pruned, the tile cache), status (service_status.py, pure) and the servedBy field
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import zlib
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from .children import delete_children, prune_configmaps
 from .conditions import Problem, settle_status, status_conditions
 from .kinds import CONFIG_MAP, DEPLOYMENT, OPTIONAL_KINDS, POD
 from .kube import ApiError, event_ref
+from .labels import RENDER_KEY_ANNOTATION
 from .mapfile import build_config, build_mapfile, mapfile_hash
 from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES, SERVICE_PASSES
 from .queues import Debouncer, Key
@@ -29,6 +31,7 @@ from .snapshots import SlimInput, is_pending, render_digest, render_key, select,
 from .state import State, service_lane
 from .tilecache_reconcile import TileCaches
 
+log = logging.getLogger("kms_operator.services")
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
 ROLLOUT_POLL = 5.0  # seconds between looks at a MapServer rollout in progress (for a failing mapfile check)
 
@@ -119,6 +122,14 @@ class Services:
                 return None
             included, refs, excluded, pending = select(datasets, spec, exclude)
             mapfile = "" if pending else live_mapfile(live_cm, digest)
+            if live_cm is not None and not mapfile:
+                log.info(
+                    "%s/%s: the live mapfile was made from other inputs (%s, now %s): building it",
+                    ns,
+                    name,
+                    ((live_cm.get("metadata") or {}).get("annotations") or {}).get(RENDER_KEY_ANNOTATION),
+                    digest,
+                )
             if not pending and not mapfile:
                 mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
                 MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()

@@ -4,7 +4,9 @@ dataset in scope: time back to idle, API writes (the apiserver's own count) and 
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from kubernetes import client
 
@@ -78,15 +80,50 @@ def mapfile_layers(plane: Plane, ns: str, service: str) -> int:
     return mapfile_from_configmap(cm.data, cm.binary_data).count("\n  LAYER\n")
 
 
-def bulk_apply(plane: Plane, n: int, path: str, timeout: float | None = None) -> dict:
+class Timeline:
+    """Every `every` seconds while a bulk apply runs: datasets created so far (by this process),
+    Ready (the watch's count) and reconciled by the operator (its kms_dataset_passes_total)."""
+
+    def __init__(self, operator: Operator, ns: str, counter, every: float = 5.0):
+        self.operator, self.ns, self.counter, self.every = operator, ns, counter, every
+        self.created = 0
+        self.rows: list[tuple[float, int, int, int]] = []
+        self.t0 = time.monotonic()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            try:
+                passes = int(self.operator.metric("kms_dataset_passes_total", namespace=self.ns))
+            except OSError:
+                passes = -1
+            row = (round(time.monotonic() - self.t0, 1), self.created, self.counter.count, passes)
+            self.rows.append(row)
+            log(f"  t={row[0]:.0f}s created {row[1]}, Ready (watch) {row[2]}, reconciled (operator) {row[3]}")
+
+    def close(self) -> list[tuple[float, int, int, int]]:
+        self.stop.set()
+        return self.rows
+
+
+def bulk_apply(plane: Plane, operator: Operator, n: int, path: str, timeout: float | None = None) -> dict:
     """Apply n datasets + one service selecting them; time until all Ready and n layers served."""
     ns = plane.namespace(f"bulk-{n}")
     timeout = timeout or max(120, n * 0.5)
     counter = plane.ready_counter(ns)  # from before the first create: no event is missed
+    timeline = Timeline(operator, ns, counter)
     t0 = time.monotonic()
     plane.create(ns, "mapservices", service_body("svc", {"bulk": "yes"}))
     bodies = [dataset_body(f"d{i:05d}", path, {"bulk": "yes"}) for i in range(n)]
-    plane.create_many(ns, "mapdatasets", bodies)
+
+    def counted(i: int) -> None:
+        plane.create(ns, "mapdatasets", bodies[i])
+        timeline.created += 1
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(counted, range(n)))
     t_created = time.monotonic() - t0
     log(f"  {n} datasets created in {t_created:.1f}s; waiting for Ready and {n} layers")
     try:
@@ -102,7 +139,14 @@ def bulk_apply(plane: Plane, n: int, path: str, timeout: float | None = None) ->
         interval=0.25 if n <= 1000 else 1,
     )
     t_served = time.monotonic() - t0
-    return {"n": n, "created_s": t_created, "all_ready_s": t_ready, "all_served_s": t_served, "namespace": ns}
+    return {
+        "n": n,
+        "created_s": t_created,
+        "all_ready_s": t_ready,
+        "all_served_s": t_served,
+        "namespace": ns,
+        "timeline": timeline.close(),  # (s, created, Ready by the watch, reconciled by the operator)
+    }
 
 
 def single_apply(plane: Plane, ns: str, path: str, count: int = 20) -> dict:
@@ -190,7 +234,7 @@ def run(
         big_ns = None
         for n in sizes:
             log(f"bulk apply of {n} datasets")
-            r = bulk_apply(plane, n, path, bulk_timeout)
+            r = bulk_apply(plane, op, n, path, bulk_timeout)
             r["operator_rss_mb"] = rss_mb(op.proc.pid)
             r["operator_peak_mb"] = peak_mb(op.proc.pid)  # since the start: the biggest burst so far
             r["idle_after_s"] = wait_idle(op, 300)

@@ -11,6 +11,7 @@ import functools
 import gc
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -66,6 +67,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
     settings.execution.max_workers = 8
+    # blocking API calls run in threads: enough of them for every dataset worker's two writes
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(2 * s.dataset_workers + 8, thread_name_prefix="api"))
     memo.op = Operator(Kube.from_environment(timeout=s.request_timeout), s, memo.get("namespaces", []))
     memo.op.start()
     # what exists now (modules, classes, settings) lives as long as the process: keep it out of

@@ -56,7 +56,7 @@ class Kube:
 
     @classmethod
     def from_environment(cls, timeout: float = 30) -> Kube:
-        return cls(Http.from_environment(timeout=timeout, max_pending=1024, pool=16), timeout)
+        return cls(Http.from_environment(timeout=timeout, max_pending=1024, pool=64), timeout)
 
     def _call(
         self,

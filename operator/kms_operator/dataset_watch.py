@@ -49,7 +49,7 @@ def matters_to_services(old: dict | None, new: dict | None) -> bool:
     )
 
 
-def _ignore(old: dict | None, new: dict | None) -> None:
+def _ignore(old: dict | None, new: dict | None, own: bool) -> None:
     """MapService changes: Kopf's handlers act on them."""
 
 
@@ -72,7 +72,7 @@ class DatasetWatch:
             timeout,
         )
         self.queue = WorkQueue("dataset reconcile", self._work, workers=settings.dataset_workers)
-        state.dataset_written = lambda obj: self.informer.observe(dataset_snapshot(obj))
+        state.dataset_written = lambda obj: self.informer.observe(dataset_snapshot(obj), own=True)
 
     async def run(self) -> None:
         """Start both informers; set state.synced once both have listed everything."""
@@ -89,8 +89,10 @@ class DatasetWatch:
         self.services.stop()
         self.queue.stop()
 
-    def _changed(self, old: dict | None, new: dict | None) -> None:
-        if new is not None and needs_reconcile(old, new):
+    def _changed(self, old: dict | None, new: dict | None, own: bool) -> None:
+        """A new version in the store: queue work it calls for (not for what our own writes
+        return: the worker that wrote it is running), tell the services it matters to."""
+        if new is not None and not own and needs_reconcile(old, new):
             self.queue.request((new["ns"], new["name"]))
         if matters_to_services(old, new):
             notify = self.datasets.notify_services

@@ -1,7 +1,8 @@
 """LIST+WATCH of one kind into a SnapshotStore, the client-go informer pattern: a thread lists (in
 pages) and then watches from the list's resourceVersion, lists again when the watch is too old
 (410 Gone), and hands each object to the event loop as a compact snapshot. The loop side keeps the
-store and calls `on_change(old, new)` for every change (None for a new or a deleted object).
+store and calls `on_change(old, new, own)` for every change (None for a new or a deleted object;
+`own`: the object came back from a write of ours, not from the watch).
 
 Why not Kopf for these: Kopf keeps a worker task, a queue and the decoded body of every object it
 watches, and its index pre-population is quadratic in the number of objects (operator/README.md).
@@ -23,7 +24,7 @@ from .snapshots import SnapshotStore, newer
 log = logging.getLogger("kms_operator.informer")
 PAGE = 500  # objects per LIST page: a list of 10,000 is never decoded at once
 
-Change = Callable[[dict | None, dict | None], None]
+Change = Callable[[dict | None, dict | None, bool], None]
 
 
 class Informer:
@@ -113,22 +114,22 @@ class Informer:
 
     def _listed(self, scope: str | None, seen: set[tuple[str, str]]) -> None:
         for ns, name in self.store.keys(scope) - seen:  # deleted while nobody watched
-            self.on_change(self.store.remove(ns, name), None)
+            self.on_change(self.store.remove(ns, name), None, False)
         self.listed.add(scope)
         if len(self.listed) == len(self.scopes):
             self.synced.set()
         MANAGED.labels(kind=self.kind).set(len(self.store))
 
-    def observe(self, snap: dict, deleted: bool = False) -> None:
+    def observe(self, snap: dict, deleted: bool = False, own: bool = False) -> None:
         """Take a newer version of an object into the store (from the watch, or returned by a
-        write of ours: the watch event of that write then changes nothing)."""
+        write of ours (`own`): the watch event of that write then changes nothing)."""
         old = self.store.find(snap["ns"], snap["name"])
         if deleted:
             if old is not None:
                 self.store.remove(snap["ns"], snap["name"])
-                self.on_change(old, None)
+                self.on_change(old, None, False)
             return
         if old is not None and not newer(snap["rv"], old["rv"]):
             return
         self.store.put(snap)
-        self.on_change(old, snap)
+        self.on_change(old, snap, own)

@@ -27,13 +27,14 @@ log = logging.getLogger("kms_operator.datasets")
 
 
 def needs_reconcile(old: dict | None, new: dict) -> bool:
-    """Does this change of a MapDataset call for work? Its spec or labels changed, it is new to
-    this process (a restart re-checks every source), it lacks our finalizer, or it is being
-    deleted with our finalizer on. Status changes (our own writes among them) do not."""
+    """Does this change of a MapDataset call for work? It is new to this process (a restart
+    re-checks every source), its spec or labels changed, someone took our finalizer off, or it is
+    being deleted with our finalizer on. Status changes (our own writes among them) do not, nor
+    does a change while the finalizer is still being added (the work that adds it is running)."""
     ours = FINALIZER in new["finalizers"]
     if new["deleting"]:
         return ours
-    if old is None or not ours:
+    if old is None or (not ours and FINALIZER in old["finalizers"]):
         return True
     return new["generation"] != old["generation"] or new["labels"] != old["labels"]
 

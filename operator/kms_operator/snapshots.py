@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import sys
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -27,64 +28,136 @@ log = logging.getLogger("kms_operator")
 RENDER_STATUS_FIELDS = (*SHAPE_STATUS_FIELDS, "sourceLayer")  # what a service's mapfile depends on
 
 
-class DatasetSnapshot(dict):
-    """A MapDataset as the operator keeps it in memory (its store entry), compact: spec and status
-    are held as JSON bytes and decoded (a fresh copy) when read as snapshot["spec"] / ["status"].
-    Ten thousand datasets as nested dicts are ~150 objects each, allocated one by one between the
-    transient objects of a burst: they cost ~20 KB a dataset and keep the allocator from giving
-    memory back. What the hot paths need (readiness, the render key part) is kept decoded."""
+# A preset dictionary for the status: most of a dataset's status JSON is the same key names and
+# condition boilerplate, which deflate with this dictionary stores in ~140 bytes instead of ~1.2 KB.
+_STATUS_WORDS = json.dumps(
+    {
+        "observedGeneration": 1,
+        "conditions": [
+            {
+                "type": t,
+                "status": "False",
+                "reason": "AsExpected",
+                "message": "source found and readable",
+                "observedGeneration": 1,
+                "lastTransitionTime": "2026-",
+            }
+            for t in ("Ready", "Progressing", "Degraded", "Reconciling", "Stalled")
+        ],
+        "extent": {"crs": "EPSG:", "minx": 0, "miny": 0, "maxx": 0, "maxy": 0},
+        "wgs84Bbox": [],
+        "size": 0,
+        "bandCount": 0,
+        "valueRange": {"min": 0, "max": 0},
+        "geometryType": "",
+        "sourceLayer": "",
+        "layerName": "",
+        "servedBy": [],
+        "url": "http://.svc.cluster.local:8080/?SERVICE=WMS&REQUEST=GetCapabilities",
+        "ogcapi": None,
+        "tileCache": None,
+    },
+    separators=(",", ":"),
+).encode()
+_WBITS = -11  # raw deflate, 2 KB window (the dictionary fits; small windows are cheap to set up)
 
-    __slots__ = ()
 
-    def __missing__(self, key: str):
+def _pack(value: Mapping | None) -> bytes:
+    c = zlib.compressobj(6, zlib.DEFLATED, _WBITS, 2, zdict=_STATUS_WORDS)
+    return c.compress(json.dumps(value or {}, separators=(",", ":"), ensure_ascii=False).encode()) + c.flush()
+
+
+def _unpack(packed: bytes) -> dict:
+    return json.loads(zlib.decompressobj(_WBITS, zdict=_STATUS_WORDS).decompress(packed))
+
+
+class DatasetSnapshot:
+    """A MapDataset as the operator keeps it in memory (its store entry), compact: a slotted
+    object (not a dict), spec and status packed (deflated JSON), decoded afresh when read as
+    snapshot["spec"] / ["status"]. What the hot paths need (readiness, the layer and render
+    parts) is kept decoded. About 1.5 KB a dataset (a decoded body is ~20 KB)."""
+
+    __slots__ = (
+        "_layer",
+        "_ready",
+        "_render",
+        "_spec",
+        "_status",
+        "deleting",
+        "finalizers",
+        "generation",
+        "labels",
+        "name",
+        "ns",
+        "rv",
+        "uid",
+    )  # fmt: skip
+
+    def __init__(self, **fields: object):
+        for key, value in fields.items():
+            setattr(self, key, value)
+
+    def __getitem__(self, key: str):
         if key == "spec" or key == "status":
-            return json.loads(dict.__getitem__(self, "_" + key))
-        raise KeyError(key)
+            return _unpack(getattr(self, "_" + key))
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+    def __contains__(self, key: str) -> bool:
+        return key in ("spec", "status") or key in self.__slots__
+
+    def get(self, key: str, default: object = None) -> object:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
-def _compact(value: Mapping | None) -> bytes:
-    return json.dumps(value or {}, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def dataset_snapshot(body: Mapping) -> dict:
+def dataset_snapshot(body: Mapping) -> DatasetSnapshot:
     """What the operator keeps in memory about a MapDataset (its store entry). A new snapshot is
     made on every change of the object."""
     meta = body.get("metadata", {})
     status = body.get("status") or {}
+    spec = body.get("spec") or {}
     ready = get_condition(status, "Ready") or {}
-    snap = DatasetSnapshot(
-        name=meta.get("name"),
+    identifier = spec.get("identifier") or ""
+    name = meta.get("name")
+    return DatasetSnapshot(
+        name=name,
         ns=sys.intern(meta.get("namespace") or ""),
         uid=meta.get("uid"),
         rv=meta.get("resourceVersion"),
         generation=meta.get("generation"),
         labels={sys.intern(k): sys.intern(v) for k, v in (meta.get("labels") or {}).items()},
         deleting=bool(meta.get("deletionTimestamp")),
-        finalizers=tuple(meta.get("finalizers") or ()),
-        _spec=_compact(body.get("spec")),
-        _status=_compact(status),
+        finalizers=tuple(sys.intern(f) for f in meta.get("finalizers") or ()),
+        _spec=_pack(spec),
+        _status=_pack(status),
         # the Ready condition: (status, reason, observedGeneration), or None without one
         _ready=(ready.get("status"), ready.get("reason"), ready.get("observedGeneration")) if ready else None,
+        # what selection, layer order and map extent need, without parsing the spec (see LayerRef)
+        _layer=(
+            identifier,
+            layer_name(identifier),
+            spec.get("title"),
+            epsg(spec.get("projection")) or epsg((status.get("extent") or {}).get("crs")),
+            status.get("wgs84Bbox"),
+        ),
+        # what the mapfile depends on (compared, never read): the inspected shape as a digest
+        _render=(
+            name,
+            meta.get("generation"),
+            ready.get("status"),
+            ready.get("reason"),
+            ready.get("observedGeneration"),
+            hashlib.blake2b(
+                json.dumps([status.get(k) for k in RENDER_STATUS_FIELDS], sort_keys=True).encode(),
+                digest_size=16,
+            ).digest(),
+        ),
     )
-    spec = body.get("spec") or {}
-    identifier = spec.get("identifier") or ""
-    # what selection, layer order and map extent need, without parsing the spec (see LayerRef)
-    snap["_layer"] = (
-        identifier,
-        layer_name(identifier),
-        spec.get("title"),
-        epsg(spec.get("projection")) or epsg((status.get("extent") or {}).get("crs")),
-        status.get("wgs84Bbox"),
-    )
-    snap["_render"] = (
-        snap["name"],
-        snap["generation"],
-        ready.get("status"),
-        ready.get("reason"),
-        ready.get("observedGeneration"),
-        json.dumps([status.get(k) for k in RENDER_STATUS_FIELDS], sort_keys=True),
-    )
-    return snap
 
 
 class _SlimSpec(NamedTuple):

@@ -37,7 +37,9 @@ def test_work_is_asked_for_on_new_spec_labels_finalizer_or_deletion_only() -> No
     assert not needs_reconcile(seen, snap(rv="11", ready="True")), "a status change (our own write)"
     assert needs_reconcile(seen, snap(rv="11", gen=2)), "a new spec"
     assert needs_reconcile(seen, snap(rv="11", labels={"a": "c"})), "new labels (other services)"
-    assert needs_reconcile(seen, snap(rv="11", finalizers=())), "our finalizer is missing"
+    assert needs_reconcile(seen, snap(rv="11", finalizers=())), "someone took our finalizer off"
+    adding = snap(finalizers=())
+    assert not needs_reconcile(adding, snap(rv="11", finalizers=(), ready="True")), "the adding work runs"
     assert needs_reconcile(seen, snap(rv="11", deleting=True)), "deleted with our finalizer on"
     assert not needs_reconcile(seen, snap(rv="11", deleting=True, finalizers=())), "nothing left to do"
 

@@ -9,7 +9,6 @@ finalizer. A second Informer keeps the MapService snapshots that datasets are ma
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -111,10 +110,12 @@ class DatasetWatch:
                 await self.datasets.release(body_of(snap))
                 await self._finalizer(snap, keep=False)
             return
-        if FINALIZER in snap["finalizers"]:
-            await self.datasets.reconcile(body_of(snap))
-        else:  # (independent writes: the finalizer on the object, the status on its subresource)
-            await asyncio.gather(self._finalizer(snap, keep=True), self.datasets.reconcile(body_of(snap)))
+        if FINALIZER not in snap["finalizers"]:
+            # first (not alongside the status patch: that would change the resourceVersion the
+            # finalizer patch is conditional on, and make it conflict)
+            await self._finalizer(snap, keep=True)
+            snap = self.state.datasets.find(*key) or snap
+        await self.datasets.reconcile(body_of(snap))
 
     async def _finalizer(self, snap: dict, keep: bool) -> None:
         """Add or remove our finalizer, only if the object has not changed since the snapshot (a

@@ -53,7 +53,7 @@ class Settings:
     connection_limit: int = field(default_factory=lambda: int(os.environ.get("KMS_CONNECTION_LIMIT", "96")))
     # Workers reconciling MapDatasets (each waits for the API most of the time: the throughput of a
     # bulk apply is workers / API latency)
-    dataset_workers: int = field(default_factory=lambda: int(os.environ.get("KMS_DATASET_WORKERS", "24")))
+    dataset_workers: int = field(default_factory=lambda: int(os.environ.get("KMS_DATASET_WORKERS", "16")))
     # Lease that keeps a second operator on standby (0 disables it, e.g. one operator per namespace)
     lease_seconds: int = field(default_factory=lambda: int(os.environ.get("KMS_LEASE_SECONDS", "15")))
     # NetworkPolicies for MapServer, tile-cache and job pods (spec.networkPolicy turns one off)

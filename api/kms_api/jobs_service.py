@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kms_crds.job_types import job_type
 from kms_crds.mapjob import MapJobSpec
 
 from . import views
@@ -16,9 +17,12 @@ from .settings import Settings
 from .tombstones import Tombstones, now_rfc3339, parse_time
 
 
-def create_job_spec(settings: Settings, type_: str, fields: dict[str, Any]) -> dict:
-    """A validated MapJob spec (wire form) with the facade's data volume and job image."""
-    raw: dict[str, Any] = {"type": type_, **fields}
+def create_job_spec(
+    settings: Settings, type_: str, params: dict[str, Any], fields: dict[str, Any] | None = None
+) -> dict:
+    """A validated MapJob spec (wire form): the type's parameter block (wire form) and other spec
+    `fields`, with the facade's data volume and job image."""
+    raw: dict[str, Any] = {"type": type_, job_type(type_).field: params, **(fields or {})}
     if settings.data_pvc and "data" not in raw:
         raw["data"] = {"persistentVolumeClaim": settings.data_pvc}
     if settings.job_image and "image" not in raw:

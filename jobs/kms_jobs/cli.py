@@ -6,17 +6,19 @@ failure; on failure the termination log holds {"type", "error"}."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ValidationError
 
-from . import cog_convert, hyspex, merge_terrain, metadata, nc_to_geotiff, rehash, tilecache
+from kms_crds.job_types import JOB_TYPES
+
 from .paths import DEFAULT_DATA_ROOT, DataRoot
 from .result import JobError, Logger, report
 from .tilecache import DEFAULT_CACHE_ROOT, CacheRoot
@@ -26,25 +28,28 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 # (params, root, log) -> result; root is a DataRoot, or a CacheRoot for the CACHE_JOBS
 Runner = Callable[[Any, Any, Logger], dict[str, Any]]
 
-# job type -> (params model, runner)
-JOBS: dict[str, tuple[type[BaseModel], Runner]] = {
-    "nc-to-geotiff": (nc_to_geotiff.Params, nc_to_geotiff.run),
-    "cog-convert": (cog_convert.Params, cog_convert.run),
-    "merge-terrain": (merge_terrain.Params, merge_terrain.run),
-    "rehash": (rehash.RehashParams, rehash.run),
-    "repair-metadata": (metadata.Params, metadata.run),
-    "inspect": (metadata.Params, metadata.run),
-    "hyspex-variants": (hyspex.HyspexParams, hyspex.run),
-    "cache-seed": (tilecache.SeedParams, tilecache.seed),
-    "cache-purge": (tilecache.PurgeParams, tilecache.purge),
-}
-CACHE_JOBS = {"cache-seed", "cache-purge"}  # they work on the tile cache volume, not the data root
+
+def _runners() -> dict[str, tuple[type[BaseModel], Runner]]:
+    """job type -> (params model, runner), for every type of the registry `kms_crds.job_types`: its
+    `runner` names "<module>:<function>" here, and the model is the function's `params` annotation."""
+    out = {}
+    for t in JOB_TYPES:
+        module, function = t.runner.split(":")
+        fn = getattr(importlib.import_module(f"{__package__}.{module}"), function)
+        out[t.name] = (get_type_hints(fn)["params"], fn)
+    return out
+
+
+JOBS = _runners()
+CACHE_JOBS = {t.name for t in JOB_TYPES if t.cache_volume}  # on the tile cache volume, not the data root
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kube-mapserver-job",
         description="Run one kube-mapserver MapJob (reads and writes files under the data root only).",
+        epilog="job types:\n" + "\n".join(f"  {t.name:<16} {t.description}" for t in JOB_TYPES),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("type", choices=sorted(JOBS), help="job type (MapJob spec.type)")
     p.add_argument("--params-json", required=True, help="the job's parameters as JSON (camelCase)")

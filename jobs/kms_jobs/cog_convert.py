@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kms_crds.mapjob import CogConvert
+from kms_crds.job_params import CogConvert
 
 from .paths import DataRoot, atomic_output
 from .rehash import sha256_file

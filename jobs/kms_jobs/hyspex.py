@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from kms_crds.common import SAFE_TEXT, KModel
-from kms_crds.mapjob import DataPath, DatasetName
+from kms_crds.job_params import DataPath, DatasetName
 
 from .paths import DataRoot
 from .result import Logger

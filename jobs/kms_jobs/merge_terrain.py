@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kms_crds.mapjob import MergeTerrain
+from kms_crds.job_params import MergeTerrain
 
 from .paths import DataRoot, atomic_output
 from .rehash import sha256_file

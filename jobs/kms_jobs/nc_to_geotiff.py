@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kms_crds.mapjob import NcToGeotiff
+from kms_crds.job_params import NcToGeotiff
 
 from .paths import DataRoot, atomic_output
 from .rehash import sha256_file

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import Field
 
 from kms_crds.common import KModel
-from kms_crds.mapjob import DataPath, DatasetName
+from kms_crds.job_params import DataPath, DatasetName
 
 from .result import JobError
 

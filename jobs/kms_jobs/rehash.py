@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from kms_crds.common import KModel
-from kms_crds.mapjob import DataPath, DatasetName
+from kms_crds.job_params import DataPath, DatasetName
 
 from .paths import DataRoot
 from .result import JobError, Logger

@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from kms_crds import API_VERSION
+from kms_crds.job_types import BY_NAME, Inputs, named_datasets
 from kms_crds.mapjob import MapJobSpec
 
-from .cache_jobs import CacheJobError, resolve_cache_job
 from .conditions import settle_status, status_conditions
+from .job_inputs import CacheJobError, JobInputError, build_job_for
 from .job_progress import describe, duration, read_progress, termination_result
 from .kube import ApiError, event_ref, now_rfc3339
-from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, build_job, job_labels, job_name
+from .mapjob_builder import CACHE_VERSIONS_ANNOTATION, job_labels, job_name
 from .metrics import JOB_PHASES
 from .network_policies import build_job_policy
 from .queues import Debouncer
@@ -26,55 +27,7 @@ from .state import State
 log = logging.getLogger("kms_operator.jobs")
 TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 STALLED_REASONS = {"Failed": "JobFailed", "Cancelled": "JobCancelled"}
-FILE_JOBS = {"nc-to-geotiff", "cog-convert", "merge-terrain"}
-CACHE_JOBS = {"cache-seed", "cache-purge"}
 JOB_FIELD_MANAGER = "kube-mapserver-jobs"
-
-
-class JobInputError(Exception):
-    """The MapJob refers to something that does not exist or cannot be processed."""
-
-
-def _dataset(op, ns: str, name: str) -> dict:
-    for d in op.datasets_in(ns):
-        if d["name"] == name and not d["deleting"]:
-            return d
-    raise JobInputError(f"MapDataset {name!r} not found in namespace {ns}")
-
-
-def _path_of(d: dict) -> str:
-    path = (d["spec"].get("source") or {}).get("path")
-    if not path:
-        raise JobInputError(f"MapDataset {d['name']!r} has no source.path (URL sources cannot be processed)")
-    return path
-
-
-def resolve_params(op, ns: str, spec: MapJobSpec) -> dict:
-    """The runner's --params-json: the type's block, with dataset names resolved to their files."""
-    p = spec.params
-    if spec.type in FILE_JOBS or (spec.type == "rehash" and p.path_prefix):
-        return p.wire()
-    if spec.type == "rehash":
-        return {"paths": {n: _path_of(_dataset(op, ns, n)) for n in p.datasets}}
-    if spec.type == "repair-metadata":
-        return {"paths": {n: _path_of(_dataset(op, ns, n)) for n in p.datasets}}
-    if spec.type == "inspect":
-        return {"paths": {p.dataset: _path_of(_dataset(op, ns, p.dataset))}}
-    if spec.type == "hyspex-variants":
-        members = [
-            {
-                "name": d["name"],
-                "identifier": d["spec"].get("identifier"),
-                "variant": d["spec"].get("variant"),
-                "path": (d["spec"].get("source") or {}).get("path"),
-            }
-            for d in sorted(op.datasets_in(ns), key=lambda d: d["name"])
-            if d["spec"].get("campaign") == p.campaign and not d["deleting"]
-        ]
-        if not members:
-            raise JobInputError(f"no MapDataset belongs to campaign {p.campaign!r}")
-        return {"campaign": p.campaign, "datasets": members}
-    raise JobInputError(f"unknown job type {spec.type}")
 
 
 def _dns_name(text: str) -> str:
@@ -146,28 +99,7 @@ class MapJobs:
                 )
                 return
             try:
-                if spec.type in CACHE_JOBS:
-                    source = op.settings.tiles_source_template.format(name=spec.params.service, namespace=ns)
-                    cj = resolve_cache_job(op, ns, spec, source)
-                    job_body = build_job(
-                        name,
-                        ns,
-                        meta["uid"],
-                        spec,
-                        cj.params,
-                        cache_claim=cj.claim,
-                        annotations={CACHE_VERSIONS_ANNOTATION: json.dumps(cj.versions, sort_keys=True)},
-                        default_image=op.settings.job_image,
-                    )
-                else:
-                    job_body = build_job(
-                        name,
-                        ns,
-                        meta["uid"],
-                        spec,
-                        resolve_params(op, ns, spec),
-                        default_image=op.settings.job_image,
-                    )
+                job_body = build_job_for(op, ns, name, meta["uid"], spec)
             except (JobInputError, CacheJobError) as e:
                 await self._write(
                     body, old, {"phase": "Failed", "message": str(e), "completionTime": now_rfc3339()}, gen
@@ -198,7 +130,7 @@ class MapJobs:
                 new.update(phase="Succeeded", result=result, message=result.get("message") or "succeeded")
                 try:
                     await self._apply_result(ns, spec, result)
-                    if spec.type in CACHE_JOBS:
+                    if BY_NAME[spec.type].cache_volume:
                         await self._apply_cache_result(ns, name, spec, job, result, end)
                 except JobInputError as e:
                     new.update(phase="Failed", message=f"result could not be applied: {e}")
@@ -252,8 +184,9 @@ class MapJobs:
     async def _apply_result(self, ns: str, spec: MapJobSpec, result: dict) -> None:
         """Register the output dataset; write checksums/metadata into the datasets' status."""
         op = self.op
+        info = BY_NAME[spec.type]
         out = spec.output.dataset if spec.output else None
-        if out and result.get("output"):
+        if out and info.writes_output and result.get("output"):
             labels = dict(out.labels or {})
             ds = {
                 "apiVersion": API_VERSION,
@@ -276,20 +209,22 @@ class MapJobs:
                     out.name,
                     {"checksum": result["checksum"]},
                 )
-        for dname, checksum in (result.get("checksums") or {}).items():
-            if spec.type == "rehash" and spec.rehash.datasets and dname in spec.rehash.datasets:
-                await op.call(
-                    op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, {"checksum": checksum}
-                )
-        for dname, md in (result.get("metadata") or {}).items():
-            if isinstance(md, dict) and not md.get("error"):
-                patch = {
-                    k: md[k]
-                    for k in ("checksum", "size", "extent", "wgs84Bbox", "bandCount", "geometryType")
-                    if k in md
-                }
-                await op.call(op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, patch)
-        if spec.type == "hyspex-variants" and spec.hyspex_variants.create_missing:
+        if info.writes_status:
+            named = named_datasets(info, spec.params) or []  # checksums only of the datasets it names
+            for dname, checksum in (result.get("checksums") or {}).items():
+                if dname in named:
+                    await op.call(
+                        op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, {"checksum": checksum}
+                    )
+            for dname, md in (result.get("metadata") or {}).items():
+                if isinstance(md, dict) and not md.get("error"):
+                    patch = {
+                        k: md[k]
+                        for k in ("checksum", "size", "extent", "wgs84Bbox", "bandCount", "geometryType")
+                        if k in md
+                    }
+                    await op.call(op.kube.patch_status, API_VERSION, "MapDataset", ns, dname, patch)
+        if info.inputs is Inputs.campaign and spec.params.create_missing:
             await self._create_variants(ns, result)
 
     async def _apply_cache_result(

@@ -12,7 +12,8 @@ They take effect where the cluster's network plugin enforces NetworkPolicy (Cali
 
 from __future__ import annotations
 
-from kms_crds.mapjob import JobType, MapJobSpec
+from kms_crds.job_types import BY_NAME
+from kms_crds.mapjob import MapJobSpec
 from kms_crds.mapservice import MapServiceSpec
 
 from .labels import owner_reference, selector
@@ -88,7 +89,7 @@ def build_job_policy(
     if not spec.network_policy.enabled:
         return None
     egress: list[dict] = []
-    if spec.type == JobType.cache_seed:
+    if BY_NAME[spec.type].mapserver_egress:  # cache-seed: DNS and the MapService's MapServer pods
         egress = [{"ports": DNS}, _to_mapserver(spec.params.service)]
     meta = {
         "name": name,

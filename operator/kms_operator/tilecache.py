@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kms_crds.configmap_files import is_gzipped, put_file, read_file
+from kms_crds.job_types import job_type as registered_type
 from kms_crds.mapdataset import SHAPE_STATUS_FIELDS
 from kms_crds.mapservice import DEFAULT_TILES_IMAGE, DEFAULT_TILES_RESOURCES, MapServiceSpec, TileCache
 
@@ -296,8 +297,7 @@ def auto_job_name(service: str, kind: str, payload: object) -> str:
 
 def build_auto_mapjob(owner: Owner, name: str, job_type: str, params: dict, image: str | None = None) -> dict:
     """A MapJob the operator creates for the cache (owned by the MapService, labelled automatic)."""
-    field = {"cache-seed": "cacheSeed", "cache-purge": "cachePurge"}[job_type]
-    spec: dict = {"type": job_type, field: params, "ttlSecondsAfterFinished": 3600}
+    spec: dict = {"type": job_type, registered_type(job_type).field: params, "ttlSecondsAfterFinished": 3600}
     if image:
         spec["image"] = image
     meta = owner.meta(name, "tilecache-job")

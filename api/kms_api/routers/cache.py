@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path
 from pydantic import Field
 
+from kms_crds.job_types import BY_NAME
 from kms_crds.tilegrids import tile_count
 
 from .. import jobs_service, views
@@ -81,7 +82,8 @@ def _active_jobs(ctx, id: str, service: str) -> dict[str, str]:
     out = {}
     for job in ctx.cr.live(ctx.cr.jobs):
         spec = job.get("spec") or {}
-        params = spec.get("cacheSeed") or spec.get("cachePurge")
+        info = BY_NAME.get(spec.get("type") or "")
+        params = spec.get(info.field) if info and info.cache_volume else None
         if not params or params.get("service") != service:
             continue
         if params.get("datasets") and id not in params["datasets"]:
@@ -167,7 +169,7 @@ def seed(id: DatasetId, req: SeedRequest, _: EditorUser, ctx: Ctx) -> dict[str, 
     }
     if req.extent:
         params["extent"] = req.extent
-    spec = jobs_service.create_job_spec(ctx.settings, "cache-seed", {"cacheSeed": params})
+    spec = jobs_service.create_job_spec(ctx.settings, "cache-seed", params)
     spec.pop("data", None)  # the cache volume is the MapService's; no data volume needed
     return views.job_view(ctx.cr.create_job(spec, generate_name=f"cache-seed-{id[:40]}-"))
 
@@ -183,7 +185,7 @@ def purge(id: DatasetId, _: EditorUser, ctx: Ctx) -> dict[str, Any]:
     obj = _dataset(ctx, id)
     tc = _cache_of(obj)
     spec = jobs_service.create_job_spec(
-        ctx.settings, "cache-purge", {"cachePurge": {"service": tc["service"], "datasets": [id]}}
+        ctx.settings, "cache-purge", {"service": tc["service"], "datasets": [id]}
     )
     spec.pop("data", None)
     return views.job_view(ctx.cr.create_job(spec, generate_name=f"cache-purge-{id[:40]}-"))

@@ -331,12 +331,12 @@ def _dataset_names(ctx: Context, names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _jobs_over(ctx: Context, type_: str, field: str, names: list[str]) -> dict:
+def _jobs_over(ctx: Context, type_: str, names: list[str]) -> dict:
     if not names:
         raise Problem(422, "there are no datasets to process", "datasets")
     jobs = []
     for i in range(0, len(names), 1000):  # a MapJob takes at most 1000 datasets
-        spec = create_job_spec(ctx.settings, type_, {field: {"datasets": names[i : i + 1000]}})
+        spec = create_job_spec(ctx.settings, type_, {"datasets": names[i : i + 1000]})
         jobs.append(views.job_view(ctx.cr.create_job(spec, generate_name=f"{type_}-")))
     return {"jobs": jobs}
 
@@ -349,7 +349,7 @@ def _jobs_over(ctx: Context, type_: str, field: str, names: list[str]) -> dict:
     summary="Rehash (MapJob)",
 )
 def rehash(req: RehashRequest, _: EditorUser, ctx: Ctx) -> dict:
-    return _jobs_over(ctx, "rehash", "rehash", _dataset_names(ctx, req.datasets))
+    return _jobs_over(ctx, "rehash", _dataset_names(ctx, req.datasets))
 
 
 @router.post(
@@ -360,7 +360,7 @@ def rehash(req: RehashRequest, _: EditorUser, ctx: Ctx) -> dict:
     summary="Re-read metadata (MapJob)",
 )
 def resync(req: ResyncRequest, _: EditorUser, ctx: Ctx) -> dict:
-    return _jobs_over(ctx, "repair-metadata", "repairMetadata", _dataset_names(ctx, req.datasets))
+    return _jobs_over(ctx, "repair-metadata", _dataset_names(ctx, req.datasets))
 
 
 @router.post(

@@ -1,5 +1,6 @@
-"""Job routes: list/get (shaped state), typed creation per job type, cancel, delete with tombstones,
-tombstone list, cleanup by age and/or state."""
+"""Job routes: list/get (shaped state), typed creation per job type (one route per type of the
+registry `kms_crds.job_types` that has `api_route`), cancel, delete with tombstones, tombstone list,
+cleanup by age and/or state."""
 
 from __future__ import annotations
 
@@ -10,19 +11,9 @@ from fastapi.responses import JSONResponse
 from pydantic import Field, create_model
 
 from kms_crds.common import KModel
+from kms_crds.job_types import JOB_TYPES, JobTypeInfo
 from kms_crds.kube import KubeError
-from kms_crds.mapjob import (
-    PARAM_FIELDS,
-    CogConvert,
-    HyspexVariants,
-    Inspect,
-    JobOutput,
-    JobType,
-    MergeTerrain,
-    NcToGeotiff,
-    Rehash,
-    RepairMetadata,
-)
+from kms_crds.mapjob import JobOutput, JobType
 
 from .. import jobs_service, views
 from ..deps import Ctx, EditorUser, ViewerUser
@@ -41,15 +32,7 @@ from ..models import (
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
-PARAMS: dict[str, type[KModel]] = {
-    "nc-to-geotiff": NcToGeotiff,
-    "cog-convert": CogConvert,
-    "merge-terrain": MergeTerrain,
-    "rehash": Rehash,
-    "repair-metadata": RepairMetadata,
-    "hyspex-variants": HyspexVariants,
-    "inspect": Inspect,
-}
+API_TYPES = [t for t in JOB_TYPES if t.api_route]  # one POST /jobs/<type> route each
 UNKNOWN = {404: {"model": JobUnknown, "description": "No such job: state unknown."}}
 _BY_ID = {"id": "$response.body#/id"}
 JOB_LINKS = {  # OpenAPI links from a created job (FastAPI's generated operationIds; checked by a unit test)
@@ -154,16 +137,17 @@ def _request_model(type_: str, params: type[KModel]) -> type[KModel]:
     )
 
 
-def _add_create_route(type_: str, params: type[KModel]) -> None:
-    model = _request_model(type_, params)
+def _add_create_route(info: JobTypeInfo) -> None:
+    type_ = info.name
+    model = _request_model(type_, info.params)
 
     def create(req: model, _: EditorUser, ctx: Ctx) -> dict:  # type: ignore[valid-type]
-        fields = {PARAM_FIELDS[type_]: req.params.wire(), "backoffLimit": req.backoff_limit}
+        fields: dict = {"backoffLimit": req.backoff_limit}
         if req.output is not None:
             fields["output"] = req.output.wire()
         if req.active_deadline_seconds is not None:
             fields["activeDeadlineSeconds"] = req.active_deadline_seconds
-        spec = jobs_service.create_job_spec(ctx.settings, type_, fields)
+        spec = jobs_service.create_job_spec(ctx.settings, type_, req.params.wire(), fields)
         if req.name and ctx.cr.jobs.get(req.name) is not None:
             raise Problem(409, f"job {req.name!r} already exists", "name")
         return views.job_view(ctx.cr.create_job(spec, name=req.name, generate_name=f"{type_}-"))
@@ -185,5 +169,5 @@ def _add_create_route(type_: str, params: type[KModel]) -> None:
     )
 
 
-for _type, _params in PARAMS.items():
-    _add_create_route(_type, _params)
+for _info in API_TYPES:
+    _add_create_route(_info)

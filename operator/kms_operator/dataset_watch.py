@@ -1,11 +1,16 @@
 """The MapDataset controller, outside Kopf: an Informer keeps the dataset snapshots, a fixed pool of
-workers (queues.WorkQueue) reconciles the datasets that need it, and this module handles the
-finalizer. A second Informer keeps the MapService snapshots that datasets are matched against
-(Kopf still runs the MapService handlers). Nothing reconciles before both are listed.
+workers (queues.WorkQueue) reconciles the datasets that need it. A second Informer keeps the
+MapService snapshots that datasets are matched against (Kopf still runs the MapService handlers).
+Nothing reconciles before both are listed.
 
-    watch event ─► Informer.observe ─► store ─► on_change ─┬─► WorkQueue ─► finalizer, Datasets.reconcile
+    watch event ─► Informer.observe ─► store ─► on_change ─┬─► WorkQueue ─► Datasets.reconcile
                                                            └─► services that select it (re-render)
-"""
+
+MapDatasets carry no finalizer: a deleted dataset leaves its services' mapfiles on their next
+(level-based) render, like any other change, and nothing waits for the operator to delete one.
+A finalizer would cost one more API write per dataset, the apiserver's scarcest resource in a bulk
+apply (operator/README.md, "Scale"). Datasets that still carry the finalizer of an earlier version
+are released as before when deleted."""
 
 from __future__ import annotations
 
@@ -27,13 +32,11 @@ log = logging.getLogger("kms_operator.datasets")
 
 def needs_reconcile(old: dict | None, new: dict) -> bool:
     """Does this change of a MapDataset call for work? It is new to this process (a restart
-    re-checks every source), its spec or labels changed, someone took our finalizer off, or it is
-    being deleted with our finalizer on. Status changes (our own writes among them) do not, nor
-    does a change while the finalizer is still being added (the work that adds it is running)."""
-    ours = FINALIZER in new["finalizers"]
+    re-checks every source), its spec or labels changed, or it is being deleted with the
+    finalizer of an earlier version on. Status changes (our own writes among them) do not."""
     if new["deleting"]:
-        return ours
-    if old is None or (not ours and FINALIZER in old["finalizers"]):
+        return FINALIZER in new["finalizers"]
+    if old is None:
         return True
     return new["generation"] != old["generation"] or new["labels"] != old["labels"]
 
@@ -106,21 +109,16 @@ class DatasetWatch:
         if snap is None:
             return
         if snap["deleting"]:
-            if FINALIZER in snap["finalizers"]:
+            if FINALIZER in snap["finalizers"]:  # an earlier version's: release, then let it go
                 await self.datasets.release(body_of(snap))
-                await self._finalizer(snap, keep=False)
+                await self._drop_finalizer(snap)
             return
-        if FINALIZER not in snap["finalizers"]:
-            # first (not alongside the status patch: that would change the resourceVersion the
-            # finalizer patch is conditional on, and make it conflict)
-            await self._finalizer(snap, keep=True)
-            snap = self.state.datasets.find(*key) or snap
         await self.datasets.reconcile(body_of(snap))
 
-    async def _finalizer(self, snap: dict, keep: bool) -> None:
-        """Add or remove our finalizer, only if the object has not changed since the snapshot (a
+    async def _drop_finalizer(self, snap: dict) -> None:
+        """Remove our finalizer, only if the object has not changed since the snapshot (a
         conflict is retried once the watch has brought the new version)."""
-        finalizers = [f for f in snap["finalizers"] if f != FINALIZER] + ([FINALIZER] if keep else [])
+        finalizers = [f for f in snap["finalizers"] if f != FINALIZER]
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": snap["rv"]}}
         state = self.state
         try:

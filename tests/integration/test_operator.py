@@ -16,6 +16,8 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kms_operator.builders import mapfile_from_configmap
+from kms_operator.labels import FINALIZER
+from kms_operator.mapfile import layer_name
 from tests.helpers import (
     FAST_PROBES,
     condition,
@@ -326,17 +328,40 @@ def test_deleting_service_removes_all_children(cluster, ns, operator_process):
     )
 
 
-def test_deleting_dataset_takes_it_out_of_the_mapfile_first(cluster, ns):
+def test_a_deleted_dataset_is_gone_at_once_and_leaves_the_mapfile(cluster, ns):
+    # MapDatasets carry no finalizer (dataset_watch.py): the delete completes without the operator,
+    # and the service's next render drops the layer
     create_cr(cluster.api, ns, dataset("keep"))
     create_cr(cluster.api, ns, dataset("drop"))
     create_cr(cluster.api, ns, service("svc", {"collection": "ocean"}))
     wait_until(
         lambda: get_cr(cluster.api, ns, "MapService", "svc")["status"].get("datasetCount") == 2, "2 layers"
     )
+    assert not get_cr(cluster.api, ns, "MapDataset", "drop")["metadata"].get("finalizers")
     delete_cr(cluster.api, ns, "MapDataset", "drop")
-    wait_until(lambda: get_cr(cluster.api, ns, "MapDataset", "drop") is None, "dataset gone")
-    status = get_cr(cluster.api, ns, "MapService", "svc")["status"]
-    assert status["datasets"] == ["keep"], "the finalizer was released before the service dropped the layer"
+    assert get_cr(cluster.api, ns, "MapDataset", "drop") is None, "the delete waited for something"
+    wait_until(
+        lambda: get_cr(cluster.api, ns, "MapService", "svc")["status"].get("datasets") == ["keep"],
+        "the service no longer serves the deleted dataset",
+    )
+    cm = client.CoreV1Api(cluster.api).read_namespaced_config_map(
+        get_cr(cluster.api, ns, "MapService", "svc")["status"]["configMap"], ns
+    )
+    mapfile = mapfile_from_configmap(cm.data, cm.binary_data)
+    assert layer_name("test:drop") not in mapfile and mapfile.count("\n  LAYER\n") == 1
+
+
+def test_a_dataset_with_an_earlier_versions_finalizer_is_released_when_deleted(cluster, ns):
+    old = dataset("old")
+    old["metadata"]["finalizers"] = [FINALIZER]
+    create_cr(cluster.api, ns, old)
+    create_cr(cluster.api, ns, service("svc", {"collection": "ocean"}))
+    wait_until(
+        lambda: get_cr(cluster.api, ns, "MapService", "svc")["status"].get("datasetCount") == 1, "1 layer"
+    )
+    delete_cr(cluster.api, ns, "MapDataset", "old")
+    wait_until(lambda: get_cr(cluster.api, ns, "MapDataset", "old") is None, "dataset released and gone")
+    assert get_cr(cluster.api, ns, "MapService", "svc")["status"]["datasets"] == []
 
 
 @pytest.mark.parametrize(

@@ -31,17 +31,16 @@ def snap(**kw):
     return dataset_snapshot(body(**kw))
 
 
-def test_work_is_asked_for_on_new_spec_labels_finalizer_or_deletion_only() -> None:
-    seen = snap()
+def test_work_is_asked_for_on_new_spec_labels_or_an_old_finalizer_only() -> None:
+    seen = snap(finalizers=())
     assert needs_reconcile(None, seen), "new to this process (a restart re-checks every source)"
-    assert not needs_reconcile(seen, snap(rv="11", ready="True")), "a status change (our own write)"
-    assert needs_reconcile(seen, snap(rv="11", gen=2)), "a new spec"
-    assert needs_reconcile(seen, snap(rv="11", labels={"a": "c"})), "new labels (other services)"
-    assert needs_reconcile(seen, snap(rv="11", finalizers=())), "someone took our finalizer off"
-    adding = snap(finalizers=())
-    assert not needs_reconcile(adding, snap(rv="11", finalizers=(), ready="True")), "the adding work runs"
-    assert needs_reconcile(seen, snap(rv="11", deleting=True)), "deleted with our finalizer on"
-    assert not needs_reconcile(seen, snap(rv="11", deleting=True, finalizers=())), "nothing left to do"
+    assert not needs_reconcile(seen, snap(rv="11", finalizers=(), ready="True")), "a status change"
+    assert needs_reconcile(seen, snap(rv="11", finalizers=(), gen=2)), "a new spec"
+    assert needs_reconcile(seen, snap(rv="11", finalizers=(), labels={"a": "c"})), "new labels"
+    assert not needs_reconcile(seen, snap(rv="11", finalizers=(), deleting=True)), "nothing to release"
+    legacy = snap()  # the finalizer an earlier version added
+    assert not needs_reconcile(legacy, snap(rv="11", ready="True")), "it stays until deletion"
+    assert needs_reconcile(legacy, snap(rv="11", deleting=True)), "deleted: release, then let it go"
 
 
 def test_services_hear_of_readiness_labels_and_deletion_not_of_other_status() -> None:

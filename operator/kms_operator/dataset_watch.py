@@ -70,7 +70,7 @@ class DatasetWatch:
             "MapService",
             service_snapshot,
             state.services,
-            lambda o, n: None,
+            _ignore,
             list(namespaces),
             timeout,
         )

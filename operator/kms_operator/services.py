@@ -33,6 +33,7 @@ from .tilecache_reconcile import TileCaches
 
 log = logging.getLogger("kms_operator.services")
 PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
+PENDING_LOOK = 1.0  # seconds between its looks at them meanwhile
 ROLLOUT_POLL = 5.0  # seconds between looks at a MapServer rollout in progress (for a failing mapfile check)
 
 
@@ -88,7 +89,9 @@ class Services:
         """True (and the service queued again) while selected datasets may still be inspected."""
         if time.monotonic() - self.pending_since.setdefault(key, time.monotonic()) < PENDING_GRACE:
             self.queue.request(key)
-            self.service_cost[key] = time.thread_time() - t0
+            # look again in a second at the earliest: during a bulk apply of thousands, every look
+            # costs a render key over all of them, and the datasets' own reconciles need the CPU
+            self.service_cost[key] = max(PENDING_LOOK / self.queue.pace, time.thread_time() - t0)
             return True
         return False
 

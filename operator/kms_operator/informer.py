@@ -27,6 +27,10 @@ PAGE = 500  # objects per LIST page: a list of 10,000 is never decoded at once
 Change = Callable[[dict | None, dict | None, bool], None]
 
 
+def _key(snap: dict | None) -> tuple[str, str]:
+    return (snap["ns"], snap["name"]) if snap is not None else ("", "")
+
+
 class Informer:
     """Keeps `store` equal to the cluster's objects of one kind (in `namespaces`, or all)."""
 
@@ -114,7 +118,7 @@ class Informer:
 
     def _listed(self, scope: str | None, seen: set[tuple[str, str]]) -> None:
         for ns, name in self.store.keys(scope) - seen:  # deleted while nobody watched
-            self.on_change(self.store.remove(ns, name), None, False)
+            self._tell(self.store.remove(ns, name), None, False)
         self.listed.add(scope)
         if len(self.listed) == len(self.scopes):
             self.synced.set()
@@ -127,9 +131,16 @@ class Informer:
         if deleted:
             if old is not None:
                 self.store.remove(snap["ns"], snap["name"])
-                self.on_change(old, None, False)
+                self._tell(old, None, False)
             return
         if old is not None and not newer(snap["rv"], old["rv"]):
             return
         self.store.put(snap)
-        self.on_change(old, snap, own)
+        self._tell(old, snap, own)
+
+    def _tell(self, old: dict | None, new: dict | None, own: bool) -> None:
+        """on_change, whose failure must not stop the store from taking the next objects."""
+        try:
+            self.on_change(old, new, own)
+        except Exception:
+            log.exception("%s %s/%s: handling the change failed", self.kind, *_key(old or new))

@@ -13,6 +13,10 @@ import sys
 # 18 MB of resident memory. (In the product image it is not installed; in a dev venv it is.)
 sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
+from .memory import limit_arenas  # noqa: E402
+
+limit_arenas()  # before any thread starts (memory.py)
+
 import kopf  # noqa: E402
 from prometheus_client import start_http_server  # noqa: E402
 

@@ -5,8 +5,6 @@ Kopf's: the startup handler starts their own controller (dataset_watch.py)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import functools
 import gc
 import logging
@@ -23,6 +21,7 @@ from kms_crds.kubeconfig import load as load_connection
 from .kinds import CHILD_RESOURCES
 from .kube import ApiError, Kube
 from .labels import FINALIZER, MANAGED_BY
+from .memory import return_freed_memory
 from .metrics import WATCH_REQUESTS
 from .runtime import Operator
 from .settings import Settings
@@ -75,23 +74,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # what exists now (modules, classes, settings) lives as long as the process: keep it out of
     # the collector's full passes, which otherwise walk it again and again during a burst
     gc.freeze()
-    memo.op.background.append(asyncio.get_running_loop().create_task(_return_freed_memory()))
+    memo.op.background.append(asyncio.get_running_loop().create_task(return_freed_memory()))
     log.info("kube-mapserver operator configured: data root %s", s.data_root)
-
-
-async def _return_freed_memory(period: float = 10.0) -> None:
-    """Give memory freed after a burst back to the OS. A burst of thousands of objects (a bulk
-    apply, a resync) allocates and frees tens of MB of bodies, patches and TLS buffers; glibc keeps
-    freed chunks in its heaps, so without this the process keeps its peak size for good."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    while True:
-        await asyncio.sleep(period)
-        trim(0)  # (no gc.collect() here: with thousands of objects in flight it costs seconds)
 
 
 @kopf.on.login()

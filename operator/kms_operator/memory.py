@@ -1,0 +1,42 @@
+"""The operator's memory, as glibc manages it: few heaps, and freed memory given back to the OS.
+
+A burst of thousands of objects (a bulk apply, a resync) allocates and frees tens of MB of bodies,
+patches and TLS buffers, from dozens of API threads. glibc gives each thread that allocates a heap
+("arena") of its own, up to 8 per core, and keeps freed chunks in them: without these two settings
+the process keeps its peak size for good, spread over heaps it never trims."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+
+M_ARENA_MAX = -8  # mallopt() parameter (malloc.h)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018  (glibc only)
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return libc
+
+
+def limit_arenas(arenas: int = 2) -> None:
+    """At most `arenas` malloc heaps for all threads (before any thread starts)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        libc.mallopt(M_ARENA_MAX, arenas)
+
+
+async def return_freed_memory(period: float = 10.0) -> None:
+    """Every `period` seconds, give the memory freed since back to the OS (malloc_trim)."""
+    libc = _libc()
+    if libc is None:
+        return
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    while True:
+        await asyncio.sleep(period)
+        libc.malloc_trim(0)  # (no gc.collect() here: with thousands of objects in flight it costs seconds)

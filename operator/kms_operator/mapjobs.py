@@ -40,7 +40,10 @@ class MapJobs:
     def __init__(self, op: State):
         self.op = op
         self.queue = Debouncer(
-            "mapjob reconcile", op.settings.debounce_seconds, lambda key: self.reconcile(*key)
+            "mapjob reconcile",
+            op.settings.debounce_seconds,
+            lambda key: self.reconcile(*key),
+            ready=op.synced,
         )
 
     async def reconcile(self, ns: str, name: str) -> None:

@@ -26,8 +26,10 @@ class Debouncer:
         retries: int = 8,
         pace: float = 0.0,
         backoff: float = 0.5,
+        ready: asyncio.Event | None = None,
     ):
         self.name, self.delay, self.run, self.retries = name, delay, run, retries
+        self.ready = ready  # runs wait for it (the operator's first LIST of everything)
         self.backoff = backoff  # a retry waits backoff * 2**failures seconds, at most 30
         # A run may return the CPU seconds it spent on the event loop (not the time it waited for
         # the API); the next run of that key then waits at least pace times that. A key asked for
@@ -48,6 +50,8 @@ class Debouncer:
             failures, cost = 0, 0.0
             while key in self.dirty:
                 await asyncio.sleep(max(self.delay, min(30.0, self.pace * cost)))
+                if self.ready is not None:
+                    await self.ready.wait()
                 self.dirty.discard(key)
                 try:
                     cost = await self.run(key) or 0.0
@@ -82,9 +86,11 @@ class BatchQueue:
         run: Callable[[str, set[str]], Awaitable[dict[str, Exception]]],
         retries: int = 8,
         backoff: float = 0.5,
+        ready: asyncio.Event | None = None,
     ):
         self.name, self.delay, self.run, self.retries = name, delay, run, retries
         self.backoff = backoff  # a retry waits backoff * 2**failures seconds, at most 30
+        self.ready = ready  # runs wait for it (the operator's first LIST of everything)
         self.tasks: dict[str, asyncio.Task] = {}
         self.pending: dict[str, set[str]] = {}
         self.failures: dict[Key, int] = {}
@@ -100,6 +106,8 @@ class BatchQueue:
         try:
             while self.pending.get(ns):
                 await asyncio.sleep(self.delay)
+                if self.ready is not None:
+                    await self.ready.wait()
                 names = self.pending.pop(ns, set())
                 try:
                     failed = await self.run(ns, names)

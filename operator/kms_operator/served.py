@@ -61,7 +61,9 @@ class Served:
 
     def __init__(self, state: State):
         self.state = state
-        self.queue = BatchQueue("dataset servedBy", state.settings.debounce_seconds, self._batch)
+        self.queue = BatchQueue(
+            "dataset servedBy", state.settings.debounce_seconds, self._batch, ready=state.synced
+        )
         # per namespace: dataset name -> (resourceVersion, services context) when its servedBy, url
         # and tileCache were last found right: a service reconcile re-checks only datasets changed since
         self.checked: dict[str, dict[str, tuple]] = {}

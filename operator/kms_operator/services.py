@@ -51,7 +51,9 @@ class Services:
 
     def __init__(self, state: State, served: Served, tile_caches: TileCaches):
         self.state, self.served, self.tile_caches = state, served, tile_caches
-        self.queue = Debouncer("service reconcile", state.settings.debounce_seconds, self._run, pace=2.0)
+        self.queue = Debouncer(
+            "service reconcile", state.settings.debounce_seconds, self._run, pace=2.0, ready=state.synced
+        )
         self.rendered: dict[Key, tuple] = {}  # last render per service, keyed by its inputs
         self.pending_since: dict[Key, float] = {}
         # CPU seconds the last reconcile of a service spent on the event loop (render key, selection,

@@ -170,3 +170,27 @@ def test_a_work_queue_retries_a_failing_key_up_to_the_limit() -> None:
 def test_a_token_bucket_allows_its_burst_then_its_rate() -> None:
     bucket = TokenBucket(rate=0.0, burst=3)
     assert [bucket.take() for _ in range(5)] == [True, True, True, False, False]
+
+
+def test_queues_run_nothing_before_they_are_ready() -> None:
+    async def main() -> list:
+        runs: list = []
+        ready = asyncio.Event()
+
+        async def work(*key):
+            runs.append(key)
+            return {}
+
+        debouncer = Debouncer("test", 0.0, work, ready=ready)
+        batches = BatchQueue("test", 0.0, work, ready=ready)
+        debouncer.request(("ns", "a"))
+        batches.request(("ns", "b"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert runs == [], "ran before the first LIST was in"
+        ready.set()
+        await debouncer.idle()
+        await batches.idle()
+        return runs
+
+    assert sorted(map(str, run(main()))) == ["('ns', {'b'})", "(('ns', 'a'),)"]

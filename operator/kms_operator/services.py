@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -21,7 +20,6 @@ from .children import delete_children, prune_configmaps
 from .conditions import Problem, settle_status, status_conditions
 from .kinds import CONFIG_MAP, DEPLOYMENT, OPTIONAL_KINDS, POD
 from .kube import ApiError, event_ref
-from .labels import RENDER_KEY_ANNOTATION
 from .mapfile import build_config, build_mapfile, mapfile_hash
 from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES, SERVICE_PASSES
 from .queues import Debouncer, Key
@@ -38,12 +36,12 @@ ROLLOUT_POLL = 5.0  # seconds between looks at a MapServer rollout in progress (
 
 
 class Rendered(NamedTuple):
-    """A service's mapfile and what its status and tile cache need of the selection."""
+    """What a service's status and tile cache need of the selection, and the built children."""
 
     datasets: list[SlimInput]
     excluded: list[str]
-    mapfile: str
-    render_key: str  # render_digest(): what the mapfile was made from
+    digest: str  # the mapfile's hash (names its ConfigMap)
+    children: dict  # builders.build_children()
 
 
 class Services:
@@ -99,64 +97,67 @@ class Services:
 
     def _render(
         self,
-        ns: str,
-        name: str,
+        owner: builders.Owner,
         spec: MapServiceSpec,
         gen: int | None,
         exclude: set[str],
         t0: float,
         live_cm: dict | None,
     ) -> Rendered | None:
-        """The mapfile and selection (None: wait for datasets being inspected, the service is queued
-        again). Nothing that shapes the mapfile changed since the last pass: no rebuild; nor since
-        the live ConfigMap was written (its render-key annotation, after a restart): no rebuild."""
+        """The selection, the mapfile's hash and the children built from it (None: wait for
+        datasets being inspected, the service is queued again). Nothing that shapes the mapfile
+        changed since the last pass: nothing is built (the mapfile is not kept, its children are);
+        nor since the live ConfigMap was written (its render-key annotation, after a restart)."""
+        ns, name = owner.namespace, owner.name
         key = (ns, name)
         ogcapi = builders.ogcapi_url(name, ns, spec, self.state.settings.service_url_template)
         datasets = self.state.datasets_in(ns)
         rkey = render_key(datasets, gen, spec, exclude)
-        digest = render_digest(rkey, ogcapi)
+        rdigest = render_digest(rkey, ogcapi)
         cached = self.rendered.get(key)
         if cached and cached[0] == rkey:
-            _, included, excluded, pending, packed, refs = cached
+            _, included, excluded, pending, refs, built = cached
             excluded = list(excluded)
-            mapfile = zlib.decompress(packed).decode() if packed else ""
         else:
             if any(is_pending(d) for d in selected(datasets, spec, exclude)) and self._wait_for_pending(
                 key, t0
             ):
                 return None
             included, refs, excluded, pending = select(datasets, spec, exclude)
-            mapfile = "" if pending else live_mapfile(live_cm, digest)
-            if live_cm is not None and not mapfile:
-                log.info(
-                    "%s/%s: the live mapfile was made from other inputs (%s, now %s): building it",
-                    ns,
-                    name,
-                    ((live_cm.get("metadata") or {}).get("annotations") or {}).get(RENDER_KEY_ANNOTATION),
-                    digest,
-                )
-            if not pending and not mapfile:
-                mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
-                MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
-            # kept: the render key, what the status and tile cache need of each dataset, the
-            # mapfile compressed (10,000 layers are ~8 MB of text)
-            self.rendered[key] = (
-                rkey,
-                included,
-                list(excluded),
-                pending,
-                zlib.compress(mapfile.encode(), 1) if mapfile else b"",
-                [] if mapfile else refs,  # (the mapfile is built later, when pending ones are waited out)
-            )
+            built = None
+            if not pending:
+                mapfile = live_mapfile(live_cm, rdigest)
+                if live_cm is not None and not mapfile:
+                    log.info("%s/%s: the live mapfile was made from other inputs: building it", ns, name)
+                if not mapfile:
+                    mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
+                    MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
+                built = self._build(owner, spec, mapfile, rdigest)
+            # kept: the render key, what the status and tile cache need of each dataset, and the
+            # children (not the mapfile: 10,000 layers are ~18 MB of text; the ConfigMap holds it
+            # gzipped); the refs only while the mapfile is still to be built
+            self.rendered[key] = (rkey, included, list(excluded), pending, [] if built else refs, built)
         if pending:  # being inspected right now: wait for them (bounded) rather than roll out twice
             if self._wait_for_pending(key, t0):
                 return None
             excluded += [f"{p} (NotInspected)" for p in pending]
-        if not mapfile:  # pending datasets waited out: build without them
+        if built is None:  # pending datasets waited out: build without them
             mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
             MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
+            built = self._build(owner, spec, mapfile, rdigest)
+            self.rendered[key] = (*self.rendered[key][:4], [], built)
         self.pending_since.pop(key, None)
-        return Rendered(included, excluded, mapfile, digest)
+        return Rendered(included, excluded, *built)
+
+    def _build(self, owner: builders.Owner, spec: MapServiceSpec, mapfile: str, rdigest: str) -> tuple:
+        """(the mapfile hash, the desired children): pure, builders.py."""
+        settings = self.state.settings
+        config = build_config(owner.name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
+        digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
+        children = builders.build_children(
+            owner, spec, mapfile, config, digest, settings.mapserver_image, settings.network_policies, rdigest
+        )
+        return digest, children
 
     async def _reconcile(self, body: dict, exclude: set[str]) -> None:
         state, settings = self.state, self.state.settings
@@ -179,22 +180,11 @@ class Services:
         live_cm = None
         if (ns, name) not in self.rendered and old_status.get("configMap"):
             live_cm = await call(kube.get, *CONFIG_MAP, ns, old_status["configMap"])
-        rendered = self._render(ns, name, spec, gen, exclude, t0, live_cm)
+        # render and build (the children are pure functions of the render key: built with it)
+        rendered = self._render(owner, spec, gen, exclude, t0, live_cm)
         if rendered is None:
             return
-        # build
-        config = build_config(name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
-        digest = mapfile_hash(rendered.mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
-        children = builders.build_children(
-            owner,
-            spec,
-            rendered.mapfile,
-            config,
-            digest,
-            settings.mapserver_image,
-            settings.network_policies,
-            rendered.render_key,
-        )
+        digest, children = rendered.digest, rendered.children
         cost = time.thread_time() - t0
         # apply
         config_map = children["configmap"]["metadata"]["name"]

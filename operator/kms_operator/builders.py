@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from kms_crds.configmap_files import MAPFILE, put_file, read_file
+from kms_crds.configmap_files import MAPFILE, PackedFile, gzipped_lines, pack_file, put_packed, read_file
 from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
 from .labels import HASH_ANNOTATION, RENDER_KEY_ANNOTATION, labels, owner_reference, selector, tiles_selector
 from .mapfile import layer_name, ogcapi_root
-from .network_policies import build_mapserver_policy
+from .network_policies import REMOTE, build_mapserver_policy
 
 PORT = 8080
 CONFIG_DIR = "/etc/mapserver"
@@ -51,15 +51,22 @@ exec /bin/sh /etc/mapserver/check-mapfile.sh
 """
 
 
-def live_mapfile(live_cm: dict | None, render_key: str) -> str:
-    """The mapfile of a live mapfile ConfigMap made from `render_key`, else ""."""
+def live_mapfile(live_cm: dict | None, render_key: str) -> Iterable[str] | None:
+    """The lines of a live mapfile ConfigMap's mapfile if it was made from `render_key` (read
+    piece by piece when gzipped), else None."""
     annotations = ((live_cm or {}).get("metadata") or {}).get("annotations") or {}
     if not live_cm or annotations.get(RENDER_KEY_ANNOTATION) != render_key:
-        return ""
-    try:
-        return mapfile_from_configmap(live_cm.get("data"), live_cm.get("binaryData"))
-    except (KeyError, ValueError, OSError):
-        return ""
+        return None
+    lines = gzipped_lines(live_cm.get("binaryData"), MAPFILE)
+    if lines is not None:
+        return lines
+    text = (live_cm.get("data") or {}).get(MAPFILE)
+    return [text] if text is not None else None
+
+
+def pack_mapfile(mapfile: str | PackedFile) -> PackedFile:
+    """A mapfile as its ConfigMap stores it (REMOTE: whether it reads remote sources)."""
+    return mapfile if isinstance(mapfile, PackedFile) else pack_file(mapfile, watch=(REMOTE,))
 
 
 def mapfile_from_configmap(data: dict | None, binary_data: dict | None) -> str:
@@ -113,7 +120,9 @@ def process_count(spec: MapServiceSpec) -> int:
     return max(1, min(16, math.ceil(cores * 2)))
 
 
-def build_configmap(owner: Owner, mapfile: str, config: str, mapfile_hash: str, render_key: str = "") -> dict:
+def build_configmap(
+    owner: Owner, mapfile: str | PackedFile, config: str, mapfile_hash: str, render_key: str = ""
+) -> dict:
     """The immutable mapfile ConfigMap; `render_key` (annotated) names what the mapfile was made
     from, so an operator restarted with the same datasets can take it instead of rebuilding."""
     annotations = {HASH_ANNOTATION: mapfile_hash}
@@ -126,7 +135,7 @@ def build_configmap(owner: Owner, mapfile: str, config: str, mapfile_hash: str, 
         "immutable": True,
         "data": {CONFIG_FILE: config, CHECK_SCRIPT: CHECK_SH, PREPARE_SCRIPT: PREPARE_SH},
     }
-    put_file(cm, MAPFILE, mapfile)  # gzipped when large
+    put_packed(cm, MAPFILE, pack_mapfile(mapfile))  # gzipped when large
     return cm
 
 
@@ -373,7 +382,7 @@ def collection_url(
 def build_children(
     owner: Owner,
     spec: MapServiceSpec,
-    mapfile: str,
+    mapfile: str | PackedFile,
     config: str,
     mapfile_hash: str,
     default_image: str = DEFAULT_IMAGE,
@@ -381,10 +390,16 @@ def build_children(
     render_key: str = "",
 ) -> dict:
     """All desired children: {'configmap', 'deployment', 'service', and kinds.OPTIONAL_KINDS'
-    kinds -> manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES."""
-    cm = build_configmap(owner, mapfile, config, mapfile_hash, render_key)
+    kinds -> manifest or None}. network_policies: the operator's KMS_NETWORK_POLICIES. The mapfile
+    as text, or as packed by a FileWriter while it was written (services.py)."""
+    packed = pack_mapfile(mapfile)
+    cm = build_configmap(owner, packed, config, mapfile_hash, render_key)
     policy = build_mapserver_policy(
-        owner.meta(owner.name, "network-policy"), owner.name, spec, tiles_selector(owner.name), mapfile
+        owner.meta(owner.name, "network-policy"),
+        owner.name,
+        spec,
+        tiles_selector(owner.name),
+        remote_sources=REMOTE in packed.found,
     )
     return {
         "configmap": cm,

@@ -17,6 +17,7 @@ from .mapfile_layers import (
     RAMPS,
     DatasetInput,
     LayerRef,
+    TextSink,
     _finite,
     _layer,
     _num,
@@ -81,8 +82,10 @@ def build_mapfile(
     *,
     data_root: str = DATA_MOUNT,
     ogcapi_url: str | None = None,
+    out: TextSink | None = None,
 ) -> str:
     """The mapfile of a service: one LAYER per dataset, sorted by layer name. Deterministic.
+    Returned as text, or written line by line into `out` (then "" is returned).
 
     `ogcapi_url`: the OGC API root clients use (the status URL); MapServer 8.0 writes every link of
     its OGC API answers under it (its own guess is wrong below the landing page). Default: root-relative."""
@@ -90,7 +93,7 @@ def build_mapfile(
     ordered = sorted(refs, key=lambda r: (r.layer, r.name))
     title = spec.title or service_name
     srs = _srs_list(r.native_crs for r in ordered)
-    w = _Writer()
+    w = _Writer(out)
     with w.block("MAP"):
         w.line("NAME", quote(service_name))
         w.line("STATUS ON")

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from kms_crds.mapdataset import MapDatasetSpec, MapDatasetStatus, Style
 
@@ -120,12 +121,17 @@ def ramp_colors(ramp: str, n: int) -> list[tuple[int, int, int]]:
     return out  # type: ignore[return-value]
 
 
+class TextSink(Protocol):
+    def write(self, text: str, /) -> object: ...
+
+
 class _Writer:
     """Lines of a mapfile with indentation; `block()` opens KEYWORD ... END. Written into one buffer
-    (10,000 layers are ~400,000 lines: as separate strings they would cost ~3x the text)."""
+    (10,000 layers are ~400,000 lines: as separate strings they would cost ~3x the text), or line
+    by line into `out` (a FileWriter: gzipped as it comes, never held whole)."""
 
-    def __init__(self) -> None:
-        self.buffer = io.StringIO()
+    def __init__(self, out: TextSink | None = None) -> None:
+        self.buffer: TextSink = out if out is not None else io.StringIO()
         self.depth = 0
 
     def line(self, *parts: str) -> None:
@@ -145,7 +151,8 @@ class _Writer:
                 self.line(quote(key), quote(value))
 
     def text(self) -> str:
-        return self.buffer.getvalue()
+        """The text written (empty when it went to `out`)."""
+        return self.buffer.getvalue() if isinstance(self.buffer, io.StringIO) else ""
 
 
 # ---------------------------------------------------------------------------------------------- datasets

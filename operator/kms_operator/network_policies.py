@@ -62,13 +62,17 @@ def _to_mapserver(service: str) -> dict:
     }
 
 
+REMOTE = "/vsicurl/"  # in a mapfile: a layer reads a URL source
+
+
 def build_mapserver_policy(
-    meta: dict, service: str, spec: MapServiceSpec, tiles_pods: dict[str, str], mapfile: str
+    meta: dict, service: str, spec: MapServiceSpec, tiles_pods: dict[str, str], *, remote_sources: bool
 ) -> dict | None:
-    """The MapServer pods' policy, or None when turned off (spec.networkPolicy.enabled)."""
+    """The MapServer pods' policy, or None when turned off (spec.networkPolicy.enabled).
+    remote_sources: the mapfile reads URLs (REMOTE in it): DNS and web egress."""
     if not spec.network_policy.enabled:
         return None
-    egress = [{"ports": DNS}, {"ports": WEB}] if "/vsicurl/" in mapfile else []
+    egress = [{"ports": DNS}, {"ports": WEB}] if remote_sources else []
     tiles = [{"podSelector": {"matchLabels": tiles_pods}}]
     return _policy(meta, selector(service), [_port_rule(spec, tiles)], egress)
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from kms_crds import API_VERSION
+from kms_crds.configmap_files import FileWriter
 from kms_crds.mapservice import MapServiceSpec
 
 from . import builders, rollout
@@ -20,8 +21,9 @@ from .children import delete_children, prune_configmaps
 from .conditions import Problem, settle_status, status_conditions
 from .kinds import CONFIG_MAP, DEPLOYMENT, OPTIONAL_KINDS, POD
 from .kube import ApiError, event_ref
-from .mapfile import build_config, build_mapfile, mapfile_hash
+from .mapfile import build_config, build_mapfile
 from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES, SERVICE_PASSES
+from .network_policies import REMOTE
 from .queues import Debouncer, Key
 from .served import Served
 from .service_status import rollout_of, service_events, service_status
@@ -126,13 +128,10 @@ class Services:
             included, refs, excluded, pending = select(datasets, spec, exclude)
             built = None
             if not pending:
-                mapfile = live_mapfile(live_cm, rdigest)
-                if live_cm is not None and not mapfile:
+                lines = live_mapfile(live_cm, rdigest)
+                if live_cm is not None and lines is None:
                     log.info("%s/%s: the live mapfile was made from other inputs: building it", ns, name)
-                if not mapfile:
-                    mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
-                    MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
-                built = self._build(owner, spec, mapfile, rdigest)
+                built = self._build(owner, spec, rdigest, refs, ogcapi, lines)
             # kept: the render key, what the status and tile cache need of each dataset, and the
             # children (not the mapfile: 10,000 layers are ~18 MB of text; the ConfigMap holds it
             # gzipped); the refs only while the mapfile is still to be built
@@ -142,20 +141,37 @@ class Services:
                 return None
             excluded += [f"{p} (NotInspected)" for p in pending]
         if built is None:  # pending datasets waited out: build without them
-            mapfile = build_mapfile(name, spec, refs, ogcapi_url=ogcapi)
-            MAPFILE_BUILDS.labels(namespace=ns, service=name).inc()
-            built = self._build(owner, spec, mapfile, rdigest)
+            built = self._build(owner, spec, rdigest, refs, ogcapi)
             self.rendered[key] = (*self.rendered[key][:4], [], built)
         self.pending_since.pop(key, None)
         return Rendered(included, excluded, *built)
 
-    def _build(self, owner: builders.Owner, spec: MapServiceSpec, mapfile: str, rdigest: str) -> tuple:
-        """(the mapfile hash, the desired children): pure, builders.py."""
+    def _build(
+        self,
+        owner: builders.Owner,
+        spec: MapServiceSpec,
+        rdigest: str,
+        refs: list,
+        ogcapi: str | None,
+        live_lines: Iterable[str] | None = None,
+    ) -> tuple[str, dict]:
+        """(the mapfile hash, the desired children): the mapfile is written (or the live one read
+        again) line by line into the gzip stream its ConfigMap stores, never held whole."""
         settings = self.state.settings
+        out = FileWriter(watch=(REMOTE,))
+        if live_lines is not None:
+            for line in live_lines:
+                out.write(line)
+        else:
+            build_mapfile(owner.name, spec, refs, ogcapi_url=ogcapi, out=out)
+            MAPFILE_BUILDS.labels(namespace=owner.namespace, service=owner.name).inc()
+        packed = out.packed()
         config = build_config(owner.name, f"{builders.RUN_DIR}/{builders.MAPFILE}")
-        digest = mapfile_hash(mapfile + config + builders.CHECK_SH + builders.PREPARE_SH)
+        sha = packed.sha256.copy()
+        sha.update((config + builders.CHECK_SH + builders.PREPARE_SH).encode())
+        digest = sha.hexdigest()[:10]  # = mapfile_hash(mapfile + config + the scripts)
         children = builders.build_children(
-            owner, spec, mapfile, config, digest, settings.mapserver_image, settings.network_policies, rdigest
+            owner, spec, packed, config, digest, settings.mapserver_image, settings.network_policies, rdigest
         )
         return digest, children
 

@@ -3,7 +3,19 @@
 
 from __future__ import annotations
 
-from kms_crds.configmap_files import MAX_PLAIN, is_gzipped, put_file, read_file, read_mapfile
+import hashlib
+
+from kms_crds.configmap_files import (
+    MAX_PLAIN,
+    FileWriter,
+    gzipped_lines,
+    is_gzipped,
+    pack_file,
+    put_file,
+    put_packed,
+    read_file,
+    read_mapfile,
+)
 from kms_operator import builders
 
 
@@ -24,3 +36,26 @@ def test_the_facade_reads_the_operators_mapfile_configmap() -> None:
     for mapfile in ("MAP\nEND\n", "MAP\n" + "LAYER END\n" * 50_000 + "END\n"):
         cm = builders.build_configmap(owner, mapfile, "CONFIG END", "abc")
         assert read_mapfile(cm) == mapfile
+
+
+def test_a_file_written_line_by_line_is_stored_byte_for_byte_as_put_file_stores_it() -> None:
+    lines = [f"  LAYER {i} {'x' * (i % 70)}\n" for i in range(60_000)]
+    lines[4321] = '  DATA "/vsicurl/https://example.org/a.tif"\n'
+    text = "".join(lines)
+    whole: dict = {}
+    put_file(whole, "m", text)
+    writer = FileWriter(watch=("/vsicurl/", "absent"))
+    for line in lines:
+        writer.write(line)
+    packed = writer.packed()
+    streamed: dict = {}
+    put_packed(streamed, "m", packed)
+    assert "m.gz" in whole["binaryData"] and streamed == whole
+    assert (
+        packed.found == {"/vsicurl/"}
+        and packed.sha256.hexdigest() == hashlib.sha256(text.encode()).hexdigest()
+    )
+    assert "".join(gzipped_lines(streamed["binaryData"], "m")) == text
+    small: dict = {}
+    put_packed(small, "m", pack_file("MAP\nEND\n"))
+    assert small == {"data": {"m": "MAP\nEND\n"}}

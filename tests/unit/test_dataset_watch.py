@@ -76,8 +76,11 @@ def test_a_live_mapfile_is_taken_only_when_made_from_the_same_inputs() -> None:
     assert digest != render_digest((2, key[1]), "http://svc/ogcapi")
     assert digest != render_digest(key, "http://other/ogcapi")
     cm = build_configmap(Owner("svc", "ns", "uid"), "MAP\nEND\n", "CONFIG\nEND\n", "abc", digest)
-    assert live_mapfile(cm, digest) == "MAP\nEND\n"
-    assert live_mapfile(cm, render_digest((2, key[1]), None)) == ""
-    assert live_mapfile(None, digest) == ""
+    assert "".join(live_mapfile(cm, digest)) == "MAP\nEND\n"
+    assert live_mapfile(cm, render_digest((2, key[1]), None)) is None
+    assert live_mapfile(None, digest) is None
     unannotated = build_configmap(Owner("svc", "ns", "uid"), "MAP\nEND\n", "CONFIG\nEND\n", "abc")
-    assert live_mapfile(unannotated, digest) == ""
+    assert live_mapfile(unannotated, digest) is None
+    big = "".join(f"  LAYER {i}\n" for i in range(100_000))  # stored gzipped, read back by lines
+    gz = build_configmap(Owner("svc", "ns", "uid"), big, "CONFIG\nEND\n", "abc", digest)
+    assert "service.map.gz" in gz["binaryData"] and "".join(live_mapfile(gz, digest)) == big

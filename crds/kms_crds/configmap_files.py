@@ -60,7 +60,9 @@ class FileWriter:
         self.sha.update(raw)
         self.crc = zlib.crc32(raw, self.crc)
         self.size += len(raw)
-        self.gz.append(self.deflate.compress(raw))
+        chunk = self.deflate.compress(raw)
+        if chunk:  # (mostly empty: deflate emits in blocks)
+            self.gz.append(chunk)
         self.found.update(w for w in self.watch if w in text)
         if self.small is not None:
             self.small.append(text)
@@ -98,10 +100,10 @@ def gzipped_lines(binary_data: Mapping | None, name: str) -> Iterable[str] | Non
         return None
 
     def lines() -> Iterable[str]:
-        inflate, rest = zlib.decompressobj(31), b""
-        raw = base64.b64decode(packed)
-        for start in range(0, len(raw), 1 << 16):
-            rest += inflate.decompress(raw[start : start + (1 << 16)])
+        inflate, rest, pending = zlib.decompressobj(31), b"", base64.b64decode(packed)
+        while pending:  # at most 64 KB of text at a time (it inflates ~60x)
+            rest += inflate.decompress(pending, 1 << 16)
+            pending = inflate.unconsumed_tail
             *whole, rest = rest.split(b"\n")
             for line in whole:
                 yield line.decode() + "\n"

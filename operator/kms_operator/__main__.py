@@ -39,23 +39,12 @@ def main() -> None:
         level=logging.DEBUG if a.verbose else logging.INFO,
         format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
     )
-    if os.environ.get("KMS_TRACEMALLOC"):  # profiling aid: SIGUSR1 logs the top allocation sites
-        import signal
-        import tracemalloc
+    if os.environ.get("KMS_TRACEMALLOC"):  # profiling aid (memory.py): SIGUSR1 logs allocation sites
+        from .memory import trace_allocations
 
-        tracemalloc.start(int(os.environ["KMS_TRACEMALLOC"]))
-
-        def dump(*_: object) -> None:
-            current, peak = tracemalloc.get_traced_memory()
-            logging.getLogger("kms_operator.memory").warning(
-                "traced %d KiB (peak %d KiB)", current >> 10, peak >> 10
-            )
-            for stat in tracemalloc.take_snapshot().statistics(
-                os.environ.get("KMS_TRACEMALLOC_GROUP", "lineno")
-            )[:25]:
-                logging.getLogger("kms_operator.memory").warning("%s", stat)
-
-        signal.signal(signal.SIGUSR1, dump)
+        trace_allocations(
+            int(os.environ["KMS_TRACEMALLOC"]), os.environ.get("KMS_TRACEMALLOC_GROUP", "lineno")
+        )
     settings = Settings()
     lease = None
     if settings.lease_seconds:

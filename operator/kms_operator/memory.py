@@ -40,3 +40,40 @@ async def return_freed_memory(period: float = 10.0) -> None:
     while True:
         await asyncio.sleep(period)
         libc.malloc_trim(0)  # (no gc.collect() here: with thousands of objects in flight it costs seconds)
+
+
+def trace_allocations(frames: int, group: str = "lineno", every: float = 0.05) -> None:
+    """A profiling aid (KMS_TRACEMALLOC=<frames>): trace Python allocations, keep a snapshot of
+    them at their highest (looked at every `every` seconds, taken when 4 MB above the last), and
+    on SIGUSR1 log the top sites now and at that peak: where a burst's memory goes."""
+    import logging
+    import signal
+    import threading
+    import time
+    import tracemalloc
+
+    log = logging.getLogger("kms_operator.memory")
+    tracemalloc.start(frames)
+    highest: dict = {"size": 0, "snapshot": None}
+
+    def sample() -> None:
+        while True:
+            time.sleep(every)
+            current, _ = tracemalloc.get_traced_memory()
+            if current > highest["size"] + (4 << 20):
+                highest.update(size=current, snapshot=tracemalloc.take_snapshot())
+
+    def dump(*_: object) -> None:
+        current, peak = tracemalloc.get_traced_memory()
+        log.warning(
+            "traced %d KiB now, %d KiB at the sampled peak (%d KiB peak)",
+            current >> 10,
+            highest["size"] >> 10,
+            peak >> 10,
+        )
+        for when, snap in (("now", tracemalloc.take_snapshot()), ("at peak", highest["snapshot"])):
+            for stat in snap.statistics(group)[:20] if snap else []:
+                log.warning("%s: %s", when, stat)
+
+    threading.Thread(target=sample, daemon=True, name="tracemalloc").start()
+    signal.signal(signal.SIGUSR1, dump)

@@ -40,7 +40,7 @@ class Datasets:
         self.request_service, self.reconcile_service = request_service, reconcile_service
         # Normal Events (a dataset became Ready) within a budget: a bulk apply of 10,000 datasets
         # would otherwise add 10,000 Event writes to the apiserver's busiest minute
-        self.normal_events = TokenBucket(rate=5.0, burst=50)
+        self.normal_events = TokenBucket(rate=1.0, burst=20)
 
     async def _inspect(self, spec: MapDatasetSpec) -> tuple[str, object]:
         """("ok", Inspection) or ("error", Problem). Runs once per reconcile, which the dataset

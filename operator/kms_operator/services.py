@@ -27,7 +27,7 @@ from .network_policies import REMOTE
 from .queues import Debouncer, Key
 from .served import Served
 from .service_status import rollout_of, service_events, service_status
-from .snapshots import SlimInput, is_pending, render_digest, render_key, select, selected
+from .snapshots import SlimInput, is_pending, render_digest, render_key, select, selected, service_spec_of
 from .state import State, service_lane
 from .tilecache_reconcile import TileCaches
 
@@ -67,6 +67,8 @@ class Services:
 
     async def reconcile(self, ns: str, name: str, exclude: set[str] | None = None) -> None:
         state = self.state
+        if self._still_waiting(ns, name, exclude or set()):
+            return
         with service_lane():
             async with state.lock((ns, name)):
                 t0 = time.monotonic()
@@ -86,6 +88,18 @@ class Services:
                     raise
                 finally:
                     RECONCILE_SECONDS.labels(kind="MapService").observe(time.monotonic() - t0)
+
+    def _still_waiting(self, ns: str, name: str, exclude: set[str]) -> bool:
+        """Datasets it selects are being inspected (and the grace is not over): known from the
+        snapshots, before reading the service (during a bulk apply its status lists thousands)."""
+        snap = next((s for s in self.state.services_in(ns) if s["name"] == name), None)
+        if snap is None or snap["deleting"] or self.rendered.get((ns, name), (None,))[0] is None:
+            return False  # (a first pass always goes through: it reports what it sees)
+        spec = service_spec_of(snap)
+        t0 = time.thread_time()
+        return any(is_pending(d) for d in selected(self.state.datasets_in(ns), spec, exclude)) and (
+            self._wait_for_pending((ns, name), t0)
+        )
 
     def _wait_for_pending(self, key: Key, t0: float) -> bool:
         """True (and the service queued again) while selected datasets may still be inspected."""

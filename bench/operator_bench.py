@@ -4,9 +4,11 @@ dataset in scope: time back to idle, API writes (the apiserver's own count) and 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from kubernetes import client
 
@@ -80,6 +82,23 @@ def mapfile_layers(plane: Plane, ns: str, service: str) -> int:
     return mapfile_from_configmap(cm.data, cm.binary_data).count("\n  LAYER\n")
 
 
+def cpu_seconds(plane: Plane, operator: Operator) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the control plane's processes, the operator and
+    this benchmark process: where a bulk apply's time goes on a shared machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = {**plane.plane.load()["pids"], "operator": operator.proc.pid}
+    out = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    t = os.times()
+    out["bench"] = t.user + t.system
+    return out
+
+
 class Timeline:
     """Every `every` seconds while a bulk apply runs: datasets created so far (by this process),
     Ready (the watch's count) and reconciled by the operator (its kms_dataset_passes_total)."""
@@ -114,6 +133,7 @@ def bulk_apply(plane: Plane, operator: Operator, n: int, path: str, timeout: flo
     timeout = timeout or max(120, n * 0.5)
     counter = plane.ready_counter(ns)  # from before the first create: no event is missed
     timeline = Timeline(operator, ns, counter)
+    cpu0 = cpu_seconds(plane, operator)
     t0 = time.monotonic()
     plane.create(ns, "mapservices", service_body("svc", {"bulk": "yes"}))
     bodies = [dataset_body(f"d{i:05d}", path, {"bulk": "yes"}) for i in range(n)]
@@ -139,7 +159,11 @@ def bulk_apply(plane: Plane, operator: Operator, n: int, path: str, timeout: flo
         interval=0.25 if n <= 1000 else 1,
     )
     t_served = time.monotonic() - t0
+    cpu1 = cpu_seconds(plane, operator)
+    cpu = {k: round(cpu1[k] - cpu0.get(k, 0.0), 1) for k in cpu1}
+    log(f"  CPU seconds during it: {cpu}")
     return {
+        "cpu_s": cpu,
         "n": n,
         "created_s": t_created,
         "all_ready_s": t_ready,

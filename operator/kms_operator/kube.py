@@ -56,19 +56,8 @@ class Kube:
 
     @classmethod
     def from_environment(cls, timeout: float = 30) -> Kube:
-        return cls(Http.from_environment(timeout=timeout, max_pending=1024, pool=64), timeout)
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        query: dict | None = None,
-        content_type: str = "application/json",
-    ) -> tuple[int, Any]:
-        return self.http.request(
-            method, path, body, query, content_type, timeout=(5, self.timeout), limited=False
-        )
+        # (no bound on pending calls: the worker pools and executors bound them)
+        return cls(Http.from_environment(timeout=timeout, max_pending=1 << 16, pool=64), timeout)
 
     def _ok(self, method: str, path: str, status: int, payload: Any) -> Any:
         if status >= 400:
@@ -78,7 +67,7 @@ class Kube:
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict | None:
         path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
-        status, payload = self._call("GET", path)
+        status, payload = self.http.request("GET", path)
         return None if status == 404 else self._ok("GET", path, status, payload)
 
     def list(
@@ -86,7 +75,7 @@ class Kube:
     ) -> list[dict]:
         path = collection_path(api_version, kind, namespace)
         query = {"labelSelector": label_selector} if label_selector else None
-        status, payload = self._call("GET", path, query=query)
+        status, payload = self.http.request("GET", path, query=query)
         return self._ok("GET", path, status, payload).get("items", [])
 
     def apply_as(self, obj: dict, field_manager: str) -> tuple[bool, dict]:
@@ -108,7 +97,7 @@ class Kube:
         query = {"fieldManager": field_manager, "force": "true" if force else "false"}
         # JSON is YAML, but not with \\uXXXX surrogate pairs (emoji): send the characters as UTF-8
         body = json.dumps(obj, ensure_ascii=False).encode()
-        status, payload = self._call("PATCH", path, body, query, "application/apply-patch+yaml")
+        status, payload = self.http.request("PATCH", path, body, query, "application/apply-patch+yaml")
         API_WRITES.labels(verb="apply", kind=obj["kind"]).inc()
         return True, self._ok("PATCH", path, status, payload)
 
@@ -116,7 +105,7 @@ class Kube:
         self, api_version: str, kind: str, namespace: str | None, name: str, propagation: str = "Background"
     ) -> bool:
         path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
-        status, payload = self._call("DELETE", path, {"propagationPolicy": propagation})
+        status, payload = self.http.request("DELETE", path, {"propagationPolicy": propagation})
         API_WRITES.labels(verb="delete", kind=kind).inc()
         if status == 404:
             return False
@@ -136,7 +125,7 @@ class Kube:
         conditional: 409 when the object changed since."""
         path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
         path += f"/{subresource}" if subresource else ""
-        status, payload = self._call("PATCH", path, body, None, "application/merge-patch+json")
+        status, payload = self.http.request("PATCH", path, body, None, "application/merge-patch+json")
         API_WRITES.labels(verb=f"patch-{subresource}" if subresource else "patch", kind=kind).inc()
         return self._ok("PATCH", path, status, payload)
 
@@ -166,7 +155,9 @@ class Kube:
             "reportingInstance": "kube-mapserver-operator",
         }
         try:
-            status, payload = self._call("POST", collection_path("v1", "Event", meta["namespace"]), body)
+            status, payload = self.http.request(
+                "POST", collection_path("v1", "Event", meta["namespace"]), body
+            )
             API_WRITES.labels(verb="create", kind="Event").inc()
             if status >= 400:
                 log.warning("could not record event %s on %s: %s", reason, meta["name"], payload)

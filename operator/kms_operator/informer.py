@@ -104,11 +104,19 @@ class Informer:
                     return ""
                 raise KubeError(obj.get("code") or 0, obj.get("message") or "watch error")
             rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-            if kind in ("ADDED", "MODIFIED", "DELETED"):
+            if kind == "DELETED" or (kind in ("ADDED", "MODIFIED") and not self._known(obj)):
                 loop.call_soon_threadsafe(self.observe, self.snapshot(obj), kind == "DELETED")
             if self.stopping.is_set():
                 break
         return rv
+
+    def _known(self, obj: Mapping) -> bool:
+        """Is this version in the store already (the echo of a write of ours, whose response was
+        stored)? Then no snapshot is made of it. (A read of the loop's store from this thread: a
+        dict lookup, atomic; at worst a snapshot is made that observe() then drops.)"""
+        meta = obj.get("metadata") or {}
+        old = self.store.find(meta.get("namespace") or "", meta.get("name") or "")
+        return old is not None and not newer(meta.get("resourceVersion"), old["rv"])
 
     # ------------------------------------------------------------------ the event loop side
 

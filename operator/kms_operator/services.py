@@ -32,7 +32,8 @@ from .state import State, service_lane
 from .tilecache_reconcile import TileCaches
 
 log = logging.getLogger("kms_operator.services")
-PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected
+PENDING_GRACE = 20.0  # seconds a service waits for selected datasets still being inspected...
+PENDING_MAX = 300.0  # ... after the last one inspected, and at most this long in all
 PENDING_LOOK = 1.0  # seconds between its looks at them meanwhile
 ROLLOUT_POLL = 5.0  # seconds between looks at a MapServer rollout in progress (for a failing mapfile check)
 
@@ -55,7 +56,7 @@ class Services:
             "service reconcile", state.settings.debounce_seconds, self._run, pace=2.0, ready=state.synced
         )
         self.rendered: dict[Key, tuple] = {}  # last render per service, keyed by its inputs
-        self.pending_since: dict[Key, float] = {}
+        self.pending_since: dict[Key, tuple[float, float, int]] = {}  # first, last progress, done
         # CPU seconds the last reconcile of a service spent on the event loop (render key, selection,
         # mapfile, servedBy checks): paces its queue
         self.service_cost: dict[Key, float] = {}
@@ -97,13 +98,21 @@ class Services:
             return False  # (a first pass always goes through: it reports what it sees)
         spec = service_spec_of(snap)
         t0 = time.thread_time()
-        return any(is_pending(d) for d in selected(self.state.datasets_in(ns), spec, exclude)) and (
-            self._wait_for_pending((ns, name), t0)
-        )
+        chosen = selected(self.state.datasets_in(ns), spec, exclude)
+        pending = sum(map(is_pending, chosen))
+        return pending > 0 and self._wait_for_pending((ns, name), t0, len(chosen) - pending)
 
-    def _wait_for_pending(self, key: Key, t0: float) -> bool:
-        """True (and the service queued again) while selected datasets may still be inspected."""
-        if time.monotonic() - self.pending_since.setdefault(key, time.monotonic()) < PENDING_GRACE:
+    def _wait_for_pending(self, key: Key, t0: float, done: int) -> bool:
+        """True (and the service queued again) while selected datasets may still be inspected:
+        until PENDING_GRACE seconds pass without one more of them inspected (`done`: how many
+        are), at most PENDING_MAX in all. A bulk apply of thousands is then rendered once, at
+        its end, not every few seconds (a 10,000-layer build is seconds of CPU)."""
+        now = time.monotonic()
+        first, progress, before = self.pending_since.setdefault(key, (now, now, done))
+        if done > before:
+            progress = now
+        self.pending_since[key] = (first, progress, done)
+        if now - progress < PENDING_GRACE and now - first < PENDING_MAX:
             self.queue.request(key)
             # look again in a second at the earliest: during a bulk apply of thousands, every look
             # costs a render key over all of them, and the datasets' own reconciles need the CPU
@@ -135,9 +144,9 @@ class Services:
             _, included, excluded, pending, refs, built = cached
             excluded = list(excluded)
         else:
-            if any(is_pending(d) for d in selected(datasets, spec, exclude)) and self._wait_for_pending(
-                key, t0
-            ):
+            chosen = selected(datasets, spec, exclude)
+            waiting = sum(map(is_pending, chosen))
+            if waiting and self._wait_for_pending(key, t0, len(chosen) - waiting):
                 return None
             included, refs, excluded, pending = select(datasets, spec, exclude)
             built = None
@@ -151,7 +160,7 @@ class Services:
             # gzipped); the refs only while the mapfile is still to be built
             self.rendered[key] = (rkey, included, list(excluded), pending, [] if built else refs, built)
         if pending:  # being inspected right now: wait for them (bounded) rather than roll out twice
-            if self._wait_for_pending(key, t0):
+            if self._wait_for_pending(key, t0, len(included) + len(excluded)):
                 return None
             excluded += [f"{p} (NotInspected)" for p in pending]
         if built is None:  # pending datasets waited out: build without them

@@ -73,7 +73,7 @@ def _unpack(packed: bytes) -> dict:
 
 class DatasetSnapshot:
     """A MapDataset as the operator keeps it in memory (its store entry), compact: a slotted
-    object (not a dict), spec and status packed (deflated JSON), decoded afresh when read as
+    object (not a dict), spec as JSON bytes and status deflated, decoded afresh when read as
     snapshot["spec"] / ["status"]. What the hot paths need (readiness, the layer and render
     parts) is kept decoded. About 1.5 KB a dataset (a decoded body is ~20 KB)."""
 
@@ -98,8 +98,10 @@ class DatasetSnapshot:
             setattr(self, key, value)
 
     def __getitem__(self, key: str):
-        if key == "spec" or key == "status":
-            return _unpack(getattr(self, "_" + key))
+        if key == "spec":
+            return json.loads(self._spec)
+        if key == "status":
+            return _unpack(self._status)
         try:
             return getattr(self, key)
         except AttributeError:
@@ -133,7 +135,7 @@ def dataset_snapshot(body: Mapping) -> DatasetSnapshot:
         labels={sys.intern(k): sys.intern(v) for k, v in (meta.get("labels") or {}).items()},
         deleting=bool(meta.get("deletionTimestamp")),
         finalizers=tuple(sys.intern(f) for f in meta.get("finalizers") or ()),
-        _spec=_pack(spec),
+        _spec=json.dumps(spec, separators=(",", ":"), ensure_ascii=False).encode(),  # (~200 bytes)
         _status=_pack(status),
         # the Ready condition: (status, reason, observedGeneration), or None without one
         _ready=(ready.get("status"), ready.get("reason"), ready.get("observedGeneration")) if ready else None,

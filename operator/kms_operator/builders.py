@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
-from kms_crds.configmap_files import MAPFILE, PackedFile, gzipped_lines, pack_file, put_packed, read_file
+from kms_crds.configmap_files import MAPFILE, PackedFile, pack_file, put_packed, read_file
 from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapServiceSpec
 
 from .labels import HASH_ANNOTATION, RENDER_KEY_ANNOTATION, labels, owner_reference, selector, tiles_selector
@@ -49,19 +49,6 @@ fi
 mv /run/mapserver/service.map.tmp /run/mapserver/service.map
 exec /bin/sh /etc/mapserver/check-mapfile.sh
 """
-
-
-def live_mapfile(live_cm: dict | None, render_key: str) -> Iterable[str] | None:
-    """The lines of a live mapfile ConfigMap's mapfile if it was made from `render_key` (read
-    piece by piece when gzipped), else None."""
-    annotations = ((live_cm or {}).get("metadata") or {}).get("annotations") or {}
-    if not live_cm or annotations.get(RENDER_KEY_ANNOTATION) != render_key:
-        return None
-    lines = gzipped_lines(live_cm.get("binaryData"), MAPFILE)
-    if lines is not None:
-        return lines
-    text = (live_cm.get("data") or {}).get(MAPFILE)
-    return [text] if text is not None else None
 
 
 def pack_mapfile(mapfile: str | PackedFile) -> PackedFile:

@@ -12,15 +12,15 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 from kms_crds import API_VERSION
-from kms_crds.configmap_files import FileWriter
+from kms_crds.configmap_files import MAPFILE, FileWriter, gzipped_lines
 from kms_crds.mapservice import MapServiceSpec
 
 from . import builders, rollout
-from .builders import live_mapfile
 from .children import delete_children, prune_configmaps
 from .conditions import Problem, settle_status, status_conditions
 from .kinds import CONFIG_MAP, DEPLOYMENT, OPTIONAL_KINDS, POD
 from .kube import ApiError, event_ref
+from .labels import RENDER_KEY_ANNOTATION
 from .mapfile import build_config, build_mapfile
 from .metrics import MAPFILE_BUILDS, MAPFILE_RENDERS, RECONCILE_SECONDS, RECONCILES, SERVICE_PASSES
 from .network_policies import REMOTE
@@ -45,6 +45,19 @@ class Rendered(NamedTuple):
     excluded: list[str]
     digest: str  # the mapfile's hash (names its ConfigMap)
     children: dict  # builders.build_children()
+
+
+def live_mapfile(live_cm: dict | None, render_key: str) -> Iterable[str] | None:
+    """The lines of a live mapfile ConfigMap's mapfile if it was made from `render_key` (read
+    piece by piece when gzipped), else None."""
+    annotations = ((live_cm or {}).get("metadata") or {}).get("annotations") or {}
+    if not live_cm or annotations.get(RENDER_KEY_ANNOTATION) != render_key:
+        return None
+    lines = gzipped_lines(live_cm.get("binaryData"), MAPFILE)
+    if lines is not None:
+        return lines
+    text = (live_cm.get("data") or {}).get(MAPFILE)
+    return [text] if text is not None else None
 
 
 class Services:

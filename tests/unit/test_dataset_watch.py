@@ -3,9 +3,10 @@ and the render digest that lets a restarted operator keep a live mapfile."""
 
 from __future__ import annotations
 
-from kms_operator.builders import Owner, build_configmap, live_mapfile
+from kms_operator.builders import Owner, build_configmap
 from kms_operator.dataset_watch import matters_to_services, needs_reconcile
 from kms_operator.labels import FINALIZER
+from kms_operator.services import live_mapfile
 from kms_operator.snapshots import SnapshotStore, dataset_snapshot, newer, render_digest
 
 

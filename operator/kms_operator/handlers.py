@@ -66,7 +66,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened; Kopf's only on trouble
     settings.execution.max_workers = 8
-    # blocking API calls run in threads: enough of them for every dataset worker's two writes
+    # blocking API calls run in threads: one for each dataset worker's status patch and its Event
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(2 * s.dataset_workers + 8, thread_name_prefix="api"))
     memo.op = Operator(Kube.from_environment(timeout=s.request_timeout), s, memo.get("namespaces", []))

@@ -44,12 +44,15 @@ def read_progress(kube, namespace: str, pods: list[dict]) -> dict | None:
     pod = max(running, key=lambda p: p["metadata"].get("creationTimestamp") or "")
     path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod['metadata']['name'])}/log"
     try:
-        status, payload = kube._call("GET", path, query={"tailLines": "20", "container": "runner"})
+        status, payload = kube.http.request("GET", path, query={"tailLines": "20", "container": "runner"})
     except Exception:  # no kubelet to ask (or it is gone): no progress, not an error
         return None
     if status >= 400 or payload is None:
         return None
-    text = payload.decode(errors="replace") if isinstance(payload, bytes) else json.dumps(payload)
+    if isinstance(payload, bytes):
+        text = payload.decode(errors="replace")
+    else:  # (text; or a log of one JSON line, which the client decoded)
+        text = payload if isinstance(payload, str) else json.dumps(payload)
     return parse_progress(text)
 
 

@@ -69,7 +69,7 @@ def check_log(kube, namespace: str, pod: str) -> str:
     path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(pod)}/log"
     for previous in ("false", "true"):
         try:
-            status, payload = kube._call(
+            status, payload = kube.http.request(
                 "GET", path, query={"container": CHECK_CONTAINER, "tailLines": "40", "previous": previous}
             )
         except Exception:

@@ -4,7 +4,7 @@ MapService snapshots that datasets are matched against (Kopf still runs the MapS
 Nothing reconciles before both are listed.
 
     watch event ─► Informer.observe ─► store ─► on_change ─┬─► WorkQueue ─► Datasets.reconcile
-                                                           └─► services that select it (re-render)
+                                                           └─► services that select it (their queue)
 
 MapDatasets carry no finalizer: a deleted dataset leaves its services' mapfiles on their next
 (level-based) render, like any other change, and nothing waits for the operator to delete one.
@@ -39,17 +39,6 @@ def needs_reconcile(old: dict | None, new: dict) -> bool:
     if old is None:
         return True
     return new["generation"] != old["generation"] or new["labels"] != old["labels"]
-
-
-def matters_to_services(old: dict | None, new: dict | None) -> bool:
-    """Does the change alter what a service serves (a layer added, dropped or redrawn)?"""
-    if old is None or new is None:
-        return True
-    return (
-        old["_render"] != new["_render"]
-        or old["labels"] != new["labels"]
-        or old["deleting"] != new["deleting"]
-    )
 
 
 def _ignore(old: dict | None, new: dict | None, own: bool) -> None:
@@ -93,16 +82,18 @@ class DatasetWatch:
         self.queue.stop()
 
     def _changed(self, old: dict | None, new: dict | None, own: bool) -> None:
-        """A new version in the store: queue work it calls for (not for what our own writes
-        return: the worker that wrote it is running), tell the services it matters to."""
+        """A new version in the store: queue the work it calls for (not for what our own writes
+        return: the worker that wrote it is running), and tell the services that select it, or
+        selected it, as Kopf's event handler did: besides its layer, a service's tile cache and
+        seeding follow the dataset's status (a seeded version, a checksum). Their queues coalesce
+        the requests of a burst."""
         if new is not None and not own and needs_reconcile(old, new):
             self.queue.request((new["ns"], new["name"]))
-        if matters_to_services(old, new):
-            notify = self.datasets.notify_services
-            if new is not None:
-                notify(new["ns"], new["name"], new["labels"])
-            if old is not None and (new is None or old["labels"] != new["labels"]):
-                notify(old["ns"], old["name"], old["labels"])
+        notify = self.datasets.notify_services
+        if new is not None:
+            notify(new["ns"], new["name"], new["labels"])
+        if old is not None and (new is None or old["labels"] != new["labels"]):
+            notify(old["ns"], old["name"], old["labels"])
 
     async def _work(self, key: Key) -> None:
         snap = self.state.datasets.find(*key)

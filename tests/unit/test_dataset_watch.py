@@ -4,7 +4,7 @@ and the render digest that lets a restarted operator keep a live mapfile."""
 from __future__ import annotations
 
 from kms_operator.builders import Owner, build_configmap
-from kms_operator.dataset_watch import matters_to_services, needs_reconcile
+from kms_operator.dataset_watch import needs_reconcile
 from kms_operator.labels import FINALIZER
 from kms_operator.services import live_mapfile
 from kms_operator.snapshots import SnapshotStore, dataset_snapshot, newer, render_digest
@@ -42,14 +42,6 @@ def test_work_is_asked_for_on_new_spec_labels_or_an_old_finalizer_only() -> None
     legacy = snap()  # the finalizer an earlier version added
     assert not needs_reconcile(legacy, snap(rv="11", ready="True")), "it stays until deletion"
     assert needs_reconcile(legacy, snap(rv="11", deleting=True)), "deleted: release, then let it go"
-
-
-def test_services_hear_of_readiness_labels_and_deletion_not_of_other_status() -> None:
-    seen = snap(ready="False")
-    assert matters_to_services(None, seen) and matters_to_services(seen, None)
-    assert matters_to_services(seen, snap(rv="11", ready="True"))
-    assert matters_to_services(seen, snap(rv="11", ready="False", labels={"x": "y"}))
-    assert not matters_to_services(seen, snap(rv="11", ready="False", finalizers=()))
 
 
 def test_the_store_keeps_one_snapshot_per_object_by_namespace() -> None:

@@ -76,11 +76,6 @@ class DatasetWatch:
         self.state.synced.set()
         log.info("listed %d datasets and %d services", len(self.state.datasets), len(self.state.services))
 
-    def stop(self) -> None:
-        self.informer.stop()
-        self.services.stop()
-        self.queue.stop()
-
     def _changed(self, old: dict | None, new: dict | None, own: bool) -> None:
         """A new version in the store: queue the work it calls for (not for what our own writes
         return: the worker that wrote it is running), and tell the services that select it, or

@@ -12,6 +12,7 @@ from kms_crds.mapservice import DEFAULT_IMAGE, DEFAULT_MAPSERVER_RESOURCES, MapS
 from .labels import HASH_ANNOTATION, RENDER_KEY_ANNOTATION, labels, owner_reference, selector, tiles_selector
 from .mapfile import layer_name, ogcapi_root
 from .network_policies import REMOTE, build_mapserver_policy
+from .pod_defaults import CONTAINER_SECURITY, LIFECYCLE, TERMINATION_GRACE_SECONDS, WWW_DATA_UID
 
 PORT = 8080
 CONFIG_DIR = "/etc/mapserver"
@@ -19,7 +20,6 @@ CONFIG_FILE = "mapserver.conf"
 CHECK_SCRIPT = "check-mapfile.sh"
 PREPARE_SCRIPT = "prepare-mapfile.sh"
 RUN_DIR = "/run/mapserver"  # in-memory emptyDir: where the pods read the mapfile from
-WWW_DATA_UID = 33  # the upstream image's www-data user: Apache listens on 8080 when not root
 
 # Loads the mapfile through MapServer itself and asks for WMS capabilities: used by the init
 # container (a broken mapfile never replaces a working one) and by the readiness probe.
@@ -136,17 +136,6 @@ def _probe(p, handler: dict) -> dict:
     }
 
 
-CONTAINER_SECURITY = {
-    "runAsNonRoot": True,
-    "runAsUser": WWW_DATA_UID,
-    "runAsGroup": WWW_DATA_UID,
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
-
-
 def build_deployment(
     owner: Owner, spec: MapServiceSpec, cm_name: str, mapfile_hash: str, default_image: str = DEFAULT_IMAGE
 ) -> dict:
@@ -195,6 +184,7 @@ def build_deployment(
         "volumeMounts": mounts,
         "readinessProbe": _probe(spec.probes.readiness, check),
         "livenessProbe": _probe(spec.probes.liveness, {"tcpSocket": {"port": "http"}}),
+        "lifecycle": LIFECYCLE,
         "securityContext": CONTAINER_SECURITY,
     }
     container["resources"] = (spec.resources or DEFAULT_MAPSERVER_RESOURCES).wire()
@@ -221,6 +211,7 @@ def build_deployment(
             "spec": {
                 "automountServiceAccountToken": False,
                 "enableServiceLinks": False,
+                "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                 "securityContext": {
                     "runAsNonRoot": True,
                     "runAsUser": WWW_DATA_UID,

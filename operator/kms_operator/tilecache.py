@@ -22,9 +22,10 @@ from kms_crds.job_types import job_type as registered_type
 from kms_crds.mapdataset import SHAPE_STATUS_FIELDS
 from kms_crds.mapservice import DEFAULT_TILES_IMAGE, DEFAULT_TILES_RESOURCES, MapServiceSpec, TileCache
 
-from .builders import CONTAINER_SECURITY, Owner
+from .builders import Owner
 from .labels import HASH_ANNOTATION, tiles_selector
 from .network_policies import build_tiles_policy
+from .pod_defaults import CONTAINER_SECURITY, LIFECYCLE, TERMINATION_GRACE_SECONDS
 
 CACHE_ROOT = "/var/cache/mapcache"
 CONFIG_DIR = "/etc/mapcache"
@@ -212,6 +213,7 @@ def build_tiles_deployment(
             "initialDelaySeconds": 10,
             "periodSeconds": 20,
         },
+        "lifecycle": LIFECYCLE,
         "securityContext": {**CONTAINER_SECURITY, "runAsUser": TILES_UID, "runAsGroup": TILES_UID},
     }
     container["resources"] = (tc.resources or DEFAULT_TILES_RESOURCES).wire()
@@ -234,6 +236,7 @@ def build_tiles_deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": TILES_UID,
@@ -303,3 +306,47 @@ def build_auto_mapjob(owner: Owner, name: str, job_type: str, params: dict, imag
     meta = owner.meta(name, "tilecache-job")
     meta["labels"] = {**meta["labels"], "maps.kube-mapserver.io/automatic": "true"}
     return {"apiVersion": "maps.kube-mapserver.io/v1alpha1", "kind": "MapJob", "metadata": meta, "spec": spec}
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def seed_mapjobs(owner: Owner, tc: TileCache, before: dict, after: dict, replaced: str) -> list[dict]:
+    """The cache-seed MapJobs of a configuration going live (seed policy): its new and changed
+    datasets. `replaced` names the configuration it replaces: a dataset changed and changed back
+    gets a new job for the same version (the one that seeded it first is done, and its tiles may
+    have been purged since), while a retried reconcile of the same switch creates none twice."""
+    if not tc.storage.persistent_volume_claim or not tc.seed:  # pod-local caches start empty
+        return []
+    changes = diff_versions(before, after)
+    jobs = []
+    for chunk in _chunks(sorted(changes.new + changes.changed), 1000):
+        params = {
+            "service": owner.name,
+            "datasets": chunk,
+            "grid": str(tc.seed.grid),
+            "minZoom": tc.seed.min_zoom,
+            "maxZoom": tc.seed.max_zoom,
+            "threads": tc.seed.threads,
+        }
+        if tc.seed.extent:
+            params["extent"] = tc.seed.extent
+        name = auto_job_name(owner.name, "seed", [params, [after[d] for d in chunk], replaced])
+        jobs.append(build_auto_mapjob(owner, name, "cache-seed", params))
+    return jobs
+
+
+def purge_mapjobs(owner: Owner, tc: TileCache, before: dict, after: dict, retired: str) -> list[dict]:
+    """The cache-purge MapJobs once configuration `retired` (dataset versions `before`) is served
+    by no pod: the tiles of datasets it had that the live configuration (`after`) changed or
+    dropped. Named by the retired configuration too, like seed_mapjobs."""
+    if not tc.storage.persistent_volume_claim:  # pod-local caches went with their pods
+        return []
+    changes = diff_versions(before, after)
+    jobs = []
+    for chunk in _chunks(changes.changed + changes.removed, 1000):
+        params = {"service": owner.name, "datasets": chunk, "keepCurrent": True}
+        name = auto_job_name(owner.name, "purge", [params, [after.get(d) for d in chunk], retired])
+        jobs.append(build_auto_mapjob(owner, name, "cache-purge", params))
+    return jobs

@@ -19,10 +19,6 @@ from .state import State
 TERMINAL_PHASES = ("Succeeded", "Failed", "Cancelled")
 
 
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 def _versions_of(configmap: Mapping | None) -> dict:
     """The dataset versions a tile cache ConfigMap served."""
     configmap = configmap or {}
@@ -117,11 +113,11 @@ class TileCaches:
                     "TileCacheUpdated",
                     f"tile cache configuration {digest[:10]} with {len(tilesets)} tilesets",
                 )
-                await self._seed_jobs(owner, tc, before, versions)
+                await self._seed_jobs(owner, tc, before, versions, live_cm or "")
 
             async def purge_retired(old_cm: dict) -> None:
                 """No pod serves old_cm any more: purge its versions the current config dropped."""
-                await self._purge_jobs(owner, tc, _versions_of(old_cm), versions)
+                await self._purge_jobs(owner, tc, old_cm, versions)
 
             # (a held-back config is not live: its versions are no reference for a purge)
             await prune_configmaps(
@@ -135,44 +131,23 @@ class TileCaches:
             "readyReplicas": ((deploy or {}).get("status") or {}).get("readyReplicas", 0),
         }
 
-    async def _purge_jobs(self, owner: builders.Owner, tc: TileCache, before: dict, after: dict) -> None:
-        """Purge the tiles of datasets changed or removed between two configurations (the older one
-        retired: no pod serves it any more)."""
-        if not tc.storage.persistent_volume_claim:  # pod-local caches went with their pods
-            return
-        changes = tilecache.diff_versions(before, after)
-        stale = changes.changed + changes.removed
-        for chunk in _chunks(stale, 1000):
-            params = {"service": owner.name, "datasets": chunk, "keepCurrent": True}
-            job = tilecache.auto_job_name(owner.name, "purge", [params, [after.get(d) for d in chunk]])
-            await self.state.call(
-                self.state.kube.apply, tilecache.build_auto_mapjob(owner, job, "cache-purge", params)
-            )
-        if stale:
+    async def _purge_jobs(self, owner: builders.Owner, tc: TileCache, retired: dict, after: dict) -> None:
+        """Purge the tiles of datasets changed or removed since a configuration now retired."""
+        before = _versions_of(retired)
+        jobs = tilecache.purge_mapjobs(owner, tc, before, after, retired["metadata"]["name"])
+        for job in jobs:
+            await self.state.call(self.state.kube.apply, job)
+        if jobs:
             await self._prune_auto_jobs(owner)
 
-    async def _seed_jobs(self, owner: builders.Owner, tc: TileCache, before: dict, after: dict) -> None:
+    async def _seed_jobs(
+        self, owner: builders.Owner, tc: TileCache, before: dict, after: dict, replaced: str
+    ) -> None:
         """Seed new and changed datasets (seed policy) when a new configuration goes live."""
-        if not tc.storage.persistent_volume_claim:  # pod-local caches start empty with the new config
+        if not tc.storage.persistent_volume_claim:
             return
-        changes = tilecache.diff_versions(before, after)
-        if tc.seed:
-            fresh = sorted(changes.new + changes.changed)
-            for chunk in _chunks(fresh, 1000):
-                params = {
-                    "service": owner.name,
-                    "datasets": chunk,
-                    "grid": str(tc.seed.grid),
-                    "minZoom": tc.seed.min_zoom,
-                    "maxZoom": tc.seed.max_zoom,
-                    "threads": tc.seed.threads,
-                }
-                if tc.seed.extent:
-                    params["extent"] = tc.seed.extent
-                job = tilecache.auto_job_name(owner.name, "seed", [params, [after[d] for d in chunk]])
-                await self.state.call(
-                    self.state.kube.apply, tilecache.build_auto_mapjob(owner, job, "cache-seed", params)
-                )
+        for job in tilecache.seed_mapjobs(owner, tc, before, after, replaced):
+            await self.state.call(self.state.kube.apply, job)
         await self._prune_auto_jobs(owner)
 
     async def _prune_auto_jobs(self, owner: builders.Owner, keep: int = 10) -> None:

@@ -122,5 +122,12 @@ def examples(product: Product) -> Product:
         wait_until(
             lambda n=name: ready(product.get("mapdataset", n)), f"MapDataset {name} Ready", timeout=180
         )
-    wait_until(lambda: ready(product.get("mapservice", "ocean")), "MapService ocean Ready", timeout=300)
+    wait_until(
+        lambda: (
+            ready(svc := product.get("mapservice", "ocean"))
+            and {"sst-sample", "zones-sample"} <= set(svc["status"].get("datasets") or [])
+        ),
+        "MapService ocean Ready, serving both datasets",
+        timeout=300,
+    )
     return product

@@ -151,6 +151,7 @@ def test_mapserver_contract(image: Image) -> None:
     cfg = image.config["config"]
     assert cfg["Cmd"] == ["/usr/local/bin/kms-mapserver-httpd"]
     assert "8080/tcp" in cfg.get("ExposedPorts", {})
+    assert cfg.get("StopSignal") == "SIGWINCH"  # Apache's graceful stop: a pod's end drops no request
     assert image.uid() == 33
 
 
@@ -166,6 +167,7 @@ def test_mapcache_contract(image: Image) -> None:
     assert "usr/local/bin/kms-mapcache-httpd" in image.files
     assert "usr/lib/apache2/modules/mod_mapcache.so" in image.files
     assert image.config["config"]["Entrypoint"] == ["/usr/local/bin/kms-mapcache-httpd"]
+    assert image.config["config"].get("StopSignal") == "SIGWINCH"
     assert image.uid() == 10001
 
 

@@ -1,12 +1,13 @@
 """What real pods and real probes guarantee: a mapfile MapServer cannot load never takes down the
-serving pods, a deleted MapServer pod is replaced, a killed operator pod converges."""
+serving pods, a rollout drops no request, a deleted MapServer pod is replaced, a killed operator
+pod converges."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import httpx
-import requests
 from owslib.wms import WebMapService
 
 from tests.e2e.conftest import ready
@@ -106,13 +107,59 @@ def test_a_deleted_mapserver_pod_is_replaced_and_serving_again(examples):
     drawn(_getmap(url), 0.9)
 
 
-def _capabilities(url: str) -> WebMapService | None:
-    """The WMS capabilities, or None while a connection is reset: a MapServer pod that a finished
-    rollout replaced may still get a connection for a moment while kube-proxy drops it."""
+def _rolled_out(p, debug_level: int) -> bool:
+    """ocean Ready, every MapServer pod of the new template ready and no old one left (not even
+    one still draining)."""
+    if not ready(svc := p.get("mapservice", "ocean")):
+        return False
+    if svc["status"].get("observedGeneration") != svc["metadata"]["generation"]:
+        return False
+    pods = _mapserver_pods(p)
+    want = str(debug_level)
+    return bool(pods) and all(
+        _pod_ready(x)
+        and not x["metadata"].get("deletionTimestamp")
+        and {e["name"]: e.get("value") for e in x["spec"]["containers"][0]["env"]}["MS_DEBUGLEVEL"] == want
+        for x in pods
+    )
+
+
+def test_a_rollout_drops_no_request(examples):
+    """Requests keep coming, each on a new connection as OWSLib makes them, while a MapService
+    change rolls its MapServer pods there and back: every one is answered. A replaced pod serves
+    on until the Service no longer sends it any (preStop), then Apache stops gracefully (the
+    image's STOPSIGNAL), answering what it took."""
+    p = examples
+    url = p.service_url("ocean")
+    params = {"SERVICE": "WMS", "VERSION": "1.3.0", "REQUEST": "GetCapabilities"}
+    answers: list[object] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                r = httpx.get(url, params=params, timeout=60)
+                answers.append(r.status_code if "WMS_Capabilities" in r.text else r.text[:200])
+            except httpx.HTTPError as e:
+                answers.append(repr(e))
+            stop.wait(0.1)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
     try:
-        return WebMapService(url, version="1.3.0", timeout=60)
-    except requests.ConnectionError:
-        return None
+        for level in (1, 0):  # each a new pod template: a rollout of both replicas
+            p.k.run("patch", "mapservice", "ocean", "-n", p.namespace, "--type=merge",
+                    "-p", f'{{"spec":{{"mapserver":{{"debugLevel":{level}}}}}}}')  # fmt: skip
+            what = f"ocean rolled out (debugLevel {level})"
+            wait_until(lambda lv=level: _rolled_out(p, lv), what, timeout=300)
+    finally:
+        stop.set()
+        worker.join(timeout=120)
+        p.k.run("patch", "mapservice", "ocean", "-n", p.namespace, "--type=merge",
+                "-p", '{"spec":{"mapserver":{"debugLevel":0}}}')  # fmt: skip
+    failed = [a for a in answers if a != 200]
+    assert len(answers) >= 20, answers
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:5]}"
 
 
 def test_the_operator_pod_killed_mid_change_converges_without_duplicates(examples):
@@ -150,7 +197,7 @@ def test_the_operator_pod_killed_mid_change_converges_without_duplicates(example
         "ocean serving the burst",
         timeout=300,
     )
-    wms = wait_until(lambda: _capabilities(p.service_url("ocean")), "ocean's WMS capabilities", timeout=120)
+    wms = WebMapService(p.service_url("ocean"), version="1.3.0", timeout=60)
     layers = list(wms.contents)
     assert len(layers) == len(set(layers)), "a layer is listed twice"
     cms = p.k.json("get", "configmaps", "-n", p.namespace, "-l", "app.kubernetes.io/instance=ocean")["items"]

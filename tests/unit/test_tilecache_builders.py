@@ -112,6 +112,31 @@ def test_versions_follow_what_changes_the_tiles():
     assert len(name) <= 63 and name == tilecache.auto_job_name("x" * 63, "purge", {"b": 1})
 
 
+def test_a_dataset_changed_and_changed_back_is_seeded_again():
+    """The switch back to an earlier version is a new seed job: the one that seeded that version
+    first is finished (and its tiles were purged when the change went live). A retried reconcile
+    of one switch names the same jobs (applied twice, created once)."""
+    tc = MapServiceSpec.model_validate(
+        {"tileCache": {"storage": {"persistentVolumeClaim": "tiles"}, "seed": {"maxZoom": 3}}}
+    ).tile_cache
+    first = tilecache.seed_mapjobs(OWNER, tc, {}, {"zones": "v1"}, replaced="")
+    changed = tilecache.seed_mapjobs(OWNER, tc, {"zones": "v1"}, {"zones": "v2"}, replaced="ocean-tiles-a")
+    back = tilecache.seed_mapjobs(OWNER, tc, {"zones": "v2"}, {"zones": "v1"}, replaced="ocean-tiles-b")
+    names = [jobs[0]["metadata"]["name"] for jobs in (first, changed, back)]
+    assert len(set(names)) == 3, names
+    again = tilecache.seed_mapjobs(OWNER, tc, {"zones": "v2"}, {"zones": "v1"}, replaced="ocean-tiles-b")
+    assert back == again
+    assert back[0]["spec"]["cacheSeed"]["datasets"] == ["zones"]
+    # the purges of the two retired configurations: different jobs, though both keep version v1
+    purge_a = tilecache.purge_mapjobs(OWNER, tc, {"zones": "v0"}, {"zones": "v1"}, retired="ocean-tiles-a")
+    purge_b = tilecache.purge_mapjobs(OWNER, tc, {"zones": "v2"}, {"zones": "v1"}, retired="ocean-tiles-b")
+    assert purge_a[0]["metadata"]["name"] != purge_b[0]["metadata"]["name"]
+    # pod-local caches: nothing to seed or purge
+    local = MapServiceSpec.model_validate({"tileCache": {"seed": {"maxZoom": 3}}}).tile_cache
+    assert tilecache.seed_mapjobs(OWNER, local, {}, {"zones": "v1"}, replaced="") == []
+    assert tilecache.purge_mapjobs(OWNER, local, {"zones": "v0"}, {}, retired="x") == []
+
+
 def test_seed_policy_and_zoom_ranges_are_validated():
     with pytest.raises(ValueError, match="minZoom"):
         MapServiceSpec.model_validate({"tileCache": {"seed": {"minZoom": 5, "maxZoom": 2}}})

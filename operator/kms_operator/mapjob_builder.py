@@ -8,6 +8,7 @@ import json
 from kms_crds.mapjob import DEFAULT_JOB_IMAGE, DEFAULT_JOB_RESOURCES, MapJobSpec
 
 from .labels import MANAGED_BY, owner_reference
+from .pod_defaults import CONTAINER_SECURITY
 
 RUNNER = "kube-mapserver-job"
 DATA_MOUNT = "/data"
@@ -77,15 +78,7 @@ def build_job(
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": JOB_UID,
-            "runAsGroup": JOB_UID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": {**CONTAINER_SECURITY, "runAsUser": JOB_UID, "runAsGroup": JOB_UID},
     }
     container["resources"] = (spec.resources or DEFAULT_JOB_RESOURCES).wire()
     job_spec: dict = {

@@ -379,7 +379,10 @@ def test_a_dataset_with_an_earlier_versions_finalizer_is_released_when_deleted(c
         (lambda b: b["spec"].update(title='x"\nEND\nINCLUDE "/etc/passwd"'), "spec.title"),
         (lambda b: b["spec"].update(style={"classes": 3, "minClasses": 5}), "at least style.minClasses"),
         (lambda b: b["spec"].update(type="vector", protocols=["WCS"]), "WCS serves rasters only"),
-        (lambda b: b["spec"].update(style={"range": {"min": 5, "max": 5}}), "spec.style.range: Invalid value"),
+        (
+            lambda b: b["spec"].update(style={"range": {"min": 5, "max": 5}}),
+            "spec.style.range: Invalid value",
+        ),
     ],
     ids=[
         "bad-enum",

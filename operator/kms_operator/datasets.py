@@ -79,7 +79,7 @@ class Datasets:
             conds = status_conditions(gen, ready=True, reason=SOURCE_VALID[0], message=SOURCE_VALID[1])
         status.update(self.served.status(ns, name, labels, not problem, body["spec"], {**old, **status}))
         if settle_status(old, status, conds):
-            written = await state.call(state.kube.patch_status, API_VERSION, "MapDataset", ns, name, status)
+            written = await state.kube.patch_status_async(API_VERSION, "MapDataset", ns, name, status)
             state.dataset_written(written)
             was = get_condition(old, "Ready")
             ref = event_ref(body, "MapDataset")

@@ -78,6 +78,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     log.info("kube-mapserver operator configured: data root %s", s.data_root)
 
 
+@kopf.on.cleanup()
+async def close_clients(memo: kopf.Memo, **_: Any) -> None:
+    """Close the event loop's API session (kms_crds.kube_async)."""
+    op = memo.get("op")
+    if op is not None:
+        await op.kube.aio.close()
+
+
 @kopf.on.login()
 async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
     """Kopf's session from the same configuration as our own client (kms_crds.kubeconfig: the

@@ -3,7 +3,6 @@ Ready/Stalled with the inspected extent and shape and the servedBy fields, tell 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
@@ -20,7 +19,7 @@ from .metrics import DATASET_PASSES, EVENTS_SKIPPED, RECONCILE_SECONDS, RECONCIL
 from .queues import Key, TokenBucket
 from .served import Served
 from .snapshots import selector_of
-from .state import GDAL_EXECUTOR, State
+from .state import GDAL, State
 
 SOURCE_VALID = ("SourceValid", "source found and readable")
 
@@ -46,9 +45,7 @@ class Datasets:
         """("ok", Inspection) or ("error", Problem). Runs once per reconcile, which the dataset
         watch asks for only when the spec, labels or finalizer changed, or after a restart."""
         try:
-            insp = await asyncio.get_running_loop().run_in_executor(
-                GDAL_EXECUTOR, inspect_source, spec, self.state.settings
-            )
+            insp = await GDAL.run(inspect_source, spec, self.state.settings)
             return "ok", insp
         except InspectError as e:
             return "error", (e.reason, e.message)

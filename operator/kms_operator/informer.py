@@ -1,9 +1,9 @@
 """LIST+WATCH of one kind into a SnapshotStore, the client-go informer pattern: a thread lists (in
 pages) and then watches from the list's resourceVersion, lists again when the watch is too old
-(410 Gone), and hands each object to the event loop as a compact snapshot, in batches: the loop
-is woken once per batch, not once per event. The loop side keeps the
-store and calls `on_change(old, new, own)` for every change (None for a new or a deleted object;
-`own`: the object came back from a write of ours, not from the watch).
+(410 Gone), and hands each object to the event loop as a compact snapshot (in batches:
+handoff.py). The loop side keeps the store and calls `on_change(old, new, own)` for every
+change (None for a new or a deleted object; `own`: the object came back from a write of ours,
+not from the watch).
 
 Why not Kopf for these: Kopf keeps a worker task, a queue and the decoded body of every object it
 watches, and its index pre-population is quadratic in the number of objects (operator/README.md).
@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 
 from kms_crds.kube import KubeError
 
+from .handoff import LoopInbox
 from .kube import Kube, collection_path
 from .metrics import MANAGED, WATCH_REQUESTS
 from .snapshots import SnapshotStore, newer
@@ -52,10 +53,7 @@ class Informer:
         self.listed: set[str | None] = set()
         self.synced = asyncio.Event()  # every scope listed once
         self.stopping = threading.Event()
-        # handed from the threads to the loop, in order: (function, args); one wake-up per batch
-        self._inbox: list[tuple[Callable, tuple]] = []
-        self._inbox_lock = threading.Lock()
-        self._woken = False
+        self.inbox = LoopInbox(f"{kind} watch")  # thread -> loop, in order, a wake-up per batch
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,9 +91,9 @@ class Informer:
         for page in self.kube.http.list_pages(path, limit=PAGE):
             snaps = [self.snapshot(obj) for obj in page.get("items") or []]
             seen.update((s["ns"], s["name"]) for s in snaps)
-            self._hand(loop, self._page, snaps)
+            self.inbox.put(loop, self._page, snaps)
             rv = (page.get("metadata") or {}).get("resourceVersion") or rv
-        self._hand(loop, self._listed, scope, seen)
+        self.inbox.put(loop, self._listed, scope, seen)
         return rv
 
     def _watch(self, path: str, rv: str, loop: asyncio.AbstractEventLoop) -> str:
@@ -110,20 +108,10 @@ class Informer:
                 raise KubeError(obj.get("code") or 0, obj.get("message") or "watch error")
             rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
             if kind == "DELETED" or (kind in ("ADDED", "MODIFIED") and not self._known(obj)):
-                self._hand(loop, self.observe, self.snapshot(obj), kind == "DELETED")
+                self.inbox.put(loop, self.observe, self.snapshot(obj), kind == "DELETED")
             if self.stopping.is_set():
                 break
         return rv
-
-    def _hand(self, loop: asyncio.AbstractEventLoop, fn: Callable, *args: object) -> None:
-        """Queue fn(*args) for the loop; wake it only if no batch is waiting already (a wake-up is a
-        syscall and a loop pass: during a bulk apply the watch brings hundreds of events a second)."""
-        with self._inbox_lock:
-            self._inbox.append((fn, args))
-            if self._woken:
-                return
-            self._woken = True
-        loop.call_soon_threadsafe(self._drain)
 
     def _known(self, obj: Mapping) -> bool:
         """Is this version in the store already (the echo of a write of ours, whose response was
@@ -134,16 +122,6 @@ class Informer:
         return old is not None and not newer(meta.get("resourceVersion"), old["rv"])
 
     # ------------------------------------------------------------------ the event loop side
-
-    def _drain(self) -> None:
-        with self._inbox_lock:
-            batch, self._inbox = self._inbox, []
-            self._woken = False
-        for fn, args in batch:
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("%s: taking a change from the watch failed", self.kind)
 
     def _page(self, snaps: list[dict]) -> None:
         for snap in snaps:

@@ -129,13 +129,13 @@ def _raster(gdal_path: str, spec: MapDatasetSpec) -> Inspection:
     xs = [gt[0], gt[0] + gt[1] * w + gt[2] * h]
     ys = [gt[3], gt[3] + gt[4] * w + gt[5] * h]
     bbox = [min(xs), min(ys), max(xs), max(ys)]
-    wkt = ds.GetProjection()
+    wkt = own_wkt = ds.GetProjection()  # (once: GDAL formats the WKT on every call)
     if not wkt and spec.projection:
         srs = osr.SpatialReference()
         srs.SetFromUserInput(spec.projection)
         wkt = srs.ExportToWkt()
     insp = Inspection(
-        extent=Extent(bbox=bbox, crs=_crs_code(ds.GetProjection(), spec.projection)),
+        extent=Extent(bbox=bbox, crs=_crs_code(own_wkt, spec.projection)),
         band_count=ds.RasterCount,
         wgs84_bbox=_wgs84(bbox, wkt),
     )

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .handoff import Lane
 from .kube import Kube
 from .settings import Settings
 from .snapshots import SnapshotStore
 
 # GDAL/PROJ keep per-thread state (PROJ contexts, proj.db caches): one thread does all GDAL work.
-GDAL_EXECUTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdal")
+GDAL = Lane("gdal")
 # API calls of service reconciles get their own threads: during a bulk apply thousands of dataset
 # status patches and Events wait for the default executor, and a service selecting them all would
 # otherwise wait behind every one of them before it can roll out its new mapfile.

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kubernetes import client
@@ -145,12 +144,10 @@ def bulk_apply(plane: Plane, operator: Operator, n: int, path: str, timeout: flo
     plane.create(ns, "mapservices", service_body("svc", {"bulk": "yes"}))
     bodies = [dataset_body(f"d{i:05d}", path, {"bulk": "yes"}) for i in range(n)]
 
-    def counted(i: int) -> None:
-        plane.create(ns, "mapdatasets", bodies[i])
+    def counted() -> None:
         timeline.created += 1
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(counted, range(n)))
+    plane.create_all(ns, "mapdatasets", bodies, concurrency=8, done=counted)
     t_created = time.monotonic() - t0
     log(f"  {n} datasets created in {t_created:.1f}s; waiting for Ready and {n} layers")
     try:

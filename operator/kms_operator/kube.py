@@ -25,6 +25,7 @@ from .metrics import API_WRITES
 log = logging.getLogger("kms_operator.kube")
 
 
+MERGE_PATCH = "application/merge-patch+json"  # (our updates carry our field manager, whatever the transport)
 ApiError = KubeError  # a failed call; `.transient` when retrying may help (5xx, 429, 409, unreachable)
 
 
@@ -132,7 +133,7 @@ class Kube:
         status write per dataset; kms_crds/kube_async.py says what it saves)."""
         path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}/status"
         status, payload = await self.aio.request(
-            "PATCH", path, {"status": status_patch}, None, "application/merge-patch+json"
+            "PATCH", path, {"status": status_patch}, {"fieldManager": FIELD_MANAGER}, MERGE_PATCH
         )
         API_WRITES.labels(verb="patch-status", kind=kind).inc()
         return self._ok("PATCH", path, status, payload)
@@ -144,7 +145,7 @@ class Kube:
         conditional: 409 when the object changed since."""
         path = f"{collection_path(api_version, kind, namespace)}/{quote(name)}"
         path += f"/{subresource}" if subresource else ""
-        status, payload = self.http.request("PATCH", path, body, None, "application/merge-patch+json")
+        status, payload = self.http.request("PATCH", path, body, {"fieldManager": FIELD_MANAGER}, MERGE_PATCH)
         API_WRITES.labels(verb=f"patch-{subresource}" if subresource else "patch", kind=kind).inc()
         return self._ok("PATCH", path, status, payload)
 

@@ -257,7 +257,9 @@ def run(
     plane: Plane, workdir, sizes: list[int], data_root, path: str, bulk_timeout: float | None = None
 ) -> dict:
     results: dict = {"bulk": [], "notes": []}
-    op = Operator(plane.kubeconfig, data_root, workdir / "operator.log")
+    # the operator's credentials as in a pod: a ServiceAccount token
+    op_kubeconfig = plane.service_account_kubeconfig("kms-system", "kube-mapserver-operator")
+    op = Operator(op_kubeconfig, data_root, workdir / "operator.log")
     op.start()
     try:
         big_ns = None

@@ -24,7 +24,7 @@ from .informer import Informer
 from .kube import ApiError
 from .labels import FINALIZER
 from .queues import Key, WorkQueue
-from .snapshots import body_of, dataset_snapshot, service_snapshot
+from .snapshots import body_of, dataset_snapshot, is_pending, service_snapshot
 from .state import State
 
 log = logging.getLogger("kms_operator.datasets")
@@ -64,6 +64,7 @@ class DatasetWatch:
             timeout,
         )
         self.queue = WorkQueue("dataset reconcile", self._work, workers=settings.dataset_workers)
+        self.pending: dict[str, int] = {}  # per namespace: datasets awaiting inspection
         state.dataset_written = lambda obj: self.informer.observe(dataset_snapshot(obj), own=True)
 
     async def run(self) -> None:
@@ -84,11 +85,23 @@ class DatasetWatch:
         the requests of a burst."""
         if new is not None and not own and needs_reconcile(old, new):
             self.queue.request((new["ns"], new["name"]))
-        notify = self.datasets.notify_services
+        notify, settled = self.datasets.notify_services, self._settled(old, new)
         if new is not None:
-            notify(new["ns"], new["name"], new["labels"])
+            notify(new["ns"], new["name"], new["labels"], settled)
         if old is not None and (new is None or old["labels"] != new["labels"]):
-            notify(old["ns"], old["name"], old["labels"])
+            notify(old["ns"], old["name"], old["labels"], settled)
+
+    def _settled(self, old: dict | None, new: dict | None) -> bool:
+        """Keep the count of datasets awaiting inspection per namespace; True when this change
+        took it to 0 (a bulk apply is inspected: the services waiting for it can render now)."""
+        was, now = old is not None and is_pending(old), new is not None and is_pending(new)
+        if was == now:
+            return False
+        ns = (new or old)["ns"]  # type: ignore[index]
+        left = self.pending[ns] = self.pending.get(ns, 0) + (1 if now else -1)
+        if left <= 0:
+            del self.pending[ns]
+        return left <= 0
 
     async def _work(self, key: Key) -> None:
         snap = self.state.datasets.find(*key)

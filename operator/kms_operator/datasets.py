@@ -32,7 +32,7 @@ class Datasets:
         self,
         state: State,
         served: Served,
-        request_service: Callable[[Key], None],
+        request_service: Callable[[Key, bool], None],
         reconcile_service: Callable[[str, str, set[str]], Awaitable[None]],
     ):
         self.state, self.served = state, served
@@ -91,11 +91,13 @@ class Datasets:
         DATASET_PASSES.labels(namespace=ns).inc()
         RECONCILE_SECONDS.labels(kind="MapDataset").observe(time.monotonic() - t0)
 
-    def notify_services(self, ns: str, dataset: str, dataset_labels: Mapping) -> None:
-        """Queue a re-render of the services that select this dataset now or served it before."""
+    def notify_services(self, ns: str, dataset: str, dataset_labels: Mapping, now: bool = False) -> None:
+        """Queue a re-render of the services that select this dataset now or served it before
+        (`now`: the last dataset of the namespace being inspected is done; a service waiting
+        for them looks at once, not at its next look)."""
         for s in self.state.services_in(ns):
             if dataset in s["datasets"] or selector_of(s).matches(dataset_labels):
-                self.request_service((ns, s["name"]))
+                self.request_service((ns, s["name"]), now)
 
     async def release(self, body: Mapping) -> None:
         """Finalizer: take the dataset out of every service that serves it, then let it go."""

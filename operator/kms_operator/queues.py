@@ -38,18 +38,34 @@ class Debouncer:
         self.pace = pace
         self.tasks: dict[Key, asyncio.Task] = {}
         self.dirty: set[Key] = set()
+        self.napping: dict[Key, asyncio.Future] = {}  # keys waiting out their pace
 
-    def request(self, key: Key) -> None:
+    def request(self, key: Key, now: bool = False) -> None:
+        """Run `key` (again) after `delay`; `now`: at once, without waiting out the delay or the
+        pace of its last run (what it waited for has happened)."""
         self.dirty.add(key)
         if key not in self.tasks:
             self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(key))
             QUEUED.labels(queue=self.name, namespace=key[0]).inc()
+        elif now and (nap := self.napping.get(key)) is not None and not nap.done():
+            nap.set_result(None)
+
+    async def _nap(self, key: Key, seconds: float) -> None:
+        """Sleep `seconds`, unless request(key, now=True) comes first."""
+        loop = asyncio.get_running_loop()
+        nap = self.napping[key] = loop.create_future()
+        timer = loop.call_later(seconds, lambda: nap.done() or nap.set_result(None))
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            self.napping.pop(key, None)
 
     async def _loop(self, key: Key) -> None:
         try:
             failures, cost = 0, 0.0
             while key in self.dirty:
-                await asyncio.sleep(max(self.delay, min(30.0, self.pace * cost)))
+                await self._nap(key, max(self.delay, min(30.0, self.pace * cost)))
                 if self.ready is not None:
                     await self.ready.wait()
                 self.dirty.discard(key)

@@ -3,8 +3,10 @@ and the render digest that lets a restarted operator keep a live mapfile."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from kms_operator.builders import Owner, build_configmap
-from kms_operator.dataset_watch import needs_reconcile
+from kms_operator.dataset_watch import DatasetWatch, needs_reconcile
 from kms_operator.labels import FINALIZER
 from kms_operator.services import live_mapfile
 from kms_operator.snapshots import SnapshotStore, dataset_snapshot, newer, render_digest
@@ -77,3 +79,19 @@ def test_a_live_mapfile_is_taken_only_when_made_from_the_same_inputs() -> None:
     big = "".join(f"  LAYER {i}\n" for i in range(100_000))  # stored gzipped, read back by lines
     gz = build_configmap(Owner("svc", "ns", "uid"), big, "CONFIG\nEND\n", "abc", digest)
     assert "service.map.gz" in gz["binaryData"] and "".join(live_mapfile(gz, digest)) == big
+
+
+def test_the_namespace_is_settled_when_its_last_dataset_awaiting_inspection_is_done() -> None:
+    """The count of datasets awaiting inspection per namespace, kept from the store's changes: it
+    reaching 0 is what lets a waiting service render at once (a bulk apply is inspected)."""
+    watch = SimpleNamespace(pending={})
+    settled = DatasetWatch._settled.__get__(watch)  # (the method alone: no API client needed)
+    assert not settled(None, snap(name="a"))  # new, not inspected: 1 awaiting
+    assert not settled(None, snap(name="b"))  # 2
+    assert not settled(None, snap(name="c", ready="True"))  # listed Ready: not counted
+    assert not settled(snap(name="a"), snap(name="a", rv="11", ready="True"))  # 1 left
+    assert not settled(snap(name="b", rv="11"), snap(name="b", rv="12"))  # still awaiting
+    assert settled(snap(name="b", rv="12"), snap(name="b", rv="13", ready="False"))  # inspected: 0
+    assert watch.pending == {}
+    assert not settled(None, snap(name="d"))
+    assert settled(snap(name="d"), None)  # deleted before its inspection: 0 again

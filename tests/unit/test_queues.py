@@ -194,3 +194,37 @@ def test_queues_run_nothing_before_they_are_ready() -> None:
         return runs
 
     assert sorted(map(str, run(main()))) == ["('ns', {'b'})", "(('ns', 'a'),)"]
+
+
+def test_a_request_now_cuts_the_pace_of_the_last_run_short() -> None:
+    """A service waiting out its pace (seconds, after an expensive look) runs at once when what
+    it waited for has happened (the last dataset of a bulk apply inspected)."""
+
+    async def main() -> tuple[int, float]:
+        runs: list[float] = []
+        loop = asyncio.get_running_loop()
+        first = asyncio.Event()
+
+        async def work(key):
+            runs.append(loop.time())
+            if len(runs) == 1:
+                await first.wait()
+            return 10.0  # "CPU seconds": with pace 2 the next run would wait 20 s
+
+        q = Debouncer("test", 0.0, work, pace=2.0)
+        q.request(("ns", "svc"))
+        while not runs:
+            await asyncio.sleep(0.01)
+        q.request(("ns", "svc"))  # asked again during the run: the next run waits out the pace
+        first.set()
+        await asyncio.sleep(0.05)
+        assert len(runs) == 1
+        t0 = loop.time()
+        q.request(("ns", "svc"), now=True)
+        while len(runs) < 2:
+            await asyncio.sleep(0.01)
+        await q.idle()
+        return len(runs), runs[1] - t0
+
+    n, waited = run(main())
+    assert n == 2 and waited < 5.0

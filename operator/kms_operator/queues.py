@@ -41,8 +41,8 @@ class Debouncer:
         self.napping: dict[Key, asyncio.Future] = {}  # keys waiting out their pace
 
     def request(self, key: Key, now: bool = False) -> None:
-        """Run `key` (again) after `delay`; `now`: at once, without waiting out the delay or the
-        pace of its last run (what it waited for has happened)."""
+        """Run `key` (again) after `delay`; `now`: without waiting out the pace of its last run
+        (what it waited for has happened), but still after `delay` (it coalesces bursts)."""
         self.dirty.add(key)
         if key not in self.tasks:
             self.tasks[key] = asyncio.get_running_loop().create_task(self._loop(key))
@@ -65,7 +65,9 @@ class Debouncer:
         try:
             failures, cost = 0, 0.0
             while key in self.dirty:
-                await self._nap(key, max(self.delay, min(30.0, self.pace * cost)))
+                # the pace of the last run (cut short by request(now=True)), then the debounce
+                await self._nap(key, max(0.0, min(30.0, self.pace * cost) - self.delay))
+                await asyncio.sleep(self.delay)
                 if self.ready is not None:
                     await self.ready.wait()
                 self.dirty.discard(key)

@@ -130,4 +130,30 @@ def examples(product: Product) -> Product:
         "MapService ocean Ready, serving both datasets",
         timeout=300,
     )
+    wait_until(lambda: only_current_pods(product, "ocean"), "no old MapServer pod of ocean left", timeout=120)
     return product
+
+
+def only_current_pods(product: Product, deployment: str) -> bool:
+    """Every pod of the Deployment is of its current template, Ready, and none is terminating.
+    Ready on the MapService does not see an old pod that still drains (its preStop): until it is
+    gone, a request may still reach the old mapfile, and a layer from the capabilities of a new
+    pod may be unknown to the pod that answers the GetMap."""
+    d = product.get("deployment", deployment)
+    want = d["spec"].get("replicas", 1)
+    labels = d["spec"]["selector"]["matchLabels"]
+    pods = product.pods(",".join(f"{k}={v}" for k, v in labels.items()))
+    return (
+        (d.get("status") or {}).get("observedGeneration", 0) >= d["metadata"]["generation"]
+        and (d.get("status") or {}).get("updatedReplicas", 0) == want
+        and len(pods) == want
+        and len({p["metadata"]["labels"].get("pod-template-hash") for p in pods}) == 1
+        and not any(p["metadata"].get("deletionTimestamp") for p in pods)
+        and all(
+            any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in (p.get("status") or {}).get("conditions") or []
+            )
+            for p in pods
+        )
+    )

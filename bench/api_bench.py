@@ -149,7 +149,7 @@ def _dataset(i: int) -> dict:
 def list_latency(plane: Plane, fac: Facade, ns: str, n: int, requests: int) -> dict:
     """GET /datasets pages at n datasets, timed on this host (ms); no LIST by the facade meanwhile."""
     t0 = time.perf_counter()
-    plane.create_many(ns, "mapdatasets", [_dataset(i) for i in range(n)], workers=16)
+    plane.create_all(ns, "mapdatasets", [_dataset(i) for i in range(n)], concurrency=16)
     created = time.perf_counter() - t0
     headers = {"Authorization": f"Bearer {fac.token('viewer')}"}
     row = f"row-{min(7, (n - 1) // 50)}"  # a keyword of 50 datasets

@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -126,10 +125,6 @@ class Plane:
 
     def create(self, ns: str, plural: str, body: dict) -> dict:
         return self.kube.call("POST", cr_path(ns, plural), body)
-
-    def create_many(self, ns: str, plural: str, bodies: list[dict], workers: int = 8) -> None:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda b: self.create(ns, plural, b), bodies))
 
     def service_account_kubeconfig(self, namespace: str, name: str) -> Path:
         """A kubeconfig that authenticates as a ServiceAccount (bound to cluster-admin), with a

@@ -43,7 +43,7 @@ def main() -> int:
         op.start()
         plane.create(ns, "mapservices", service_body("svc", {"rss": "yes"}))
         bodies = [dataset_body(f"r{i:05d}", "ocean/sst-sample.tif", {"rss": "yes"}) for i in range(n)]
-        plane.create_many(ns, "mapdatasets", bodies, workers=16)
+        plane.create_all(ns, "mapdatasets", bodies, concurrency=16)
         wait_ready(plane, ns, n, timeout=900)
         op.stop()
         raw = json.dumps({"items": plane.list(ns, "mapdatasets")})

@@ -88,15 +88,9 @@ class Kube:
         """Send one request; the response is not read yet (a watch streams it)."""
         if self.pool is None or self.conn is None:
             raise KubeError(0, f"{method} {path}: no cluster configured")
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        url = self.conn.server + path + (f"?{urlencode(query)}" if query else "")
-        if body is not None and not isinstance(body, bytes | str):
-            body = json.dumps(body)
+        url, headers, body = prepare(self.conn, method, path, body, query, content_type)
         connect, read = timeout if isinstance(timeout, tuple) else (timeout, timeout)
         try:
-            token = self.conn.token()
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
             return self.pool.request(
                 method,
                 url,
@@ -137,11 +131,7 @@ class Kube:
         finally:
             if limited:
                 self._pending.release()
-        try:
-            payload = json.loads(raw) if raw else None
-        except ValueError:
-            payload = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        return resp.status, payload
+        return resp.status, decode(raw)
 
     def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         """Like `request`, but raises KubeError for any status >= 400."""
@@ -195,6 +185,32 @@ class Kube:
         finally:
             urllib3_resp.close()
             urllib3_resp.release_conn()
+
+
+def prepare(
+    conn: Connection, method: str, path: str, body: Any, query: dict | None, content_type: str
+) -> tuple[str, dict[str, str], Any]:
+    """(url, headers, body) of one request, the same for both transports (kube_async.py). A
+    failing credential (an exec plugin, a token file) is unreachable: KubeError status 0."""
+    headers = {"Accept": "application/json", "Content-Type": content_type}
+    url = conn.server + path + (f"?{urlencode(query)}" if query else "")
+    if body is not None and not isinstance(body, bytes | str):
+        body = json.dumps(body)
+    try:
+        token = conn.token()
+    except Exception as e:
+        raise KubeError(0, f"{method} {path}: {type(e).__name__}: {e}") from None
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return url, headers, body
+
+
+def decode(raw: bytes) -> Any:
+    """A response body: decoded JSON, else text (None when empty)."""
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else raw
 
 
 def error_from(status: int, payload: Any, what: str) -> KubeError:

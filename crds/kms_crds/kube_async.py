@@ -9,13 +9,11 @@ a merge patch cost 0.84 ms of client CPU from a thread and 0.46 ms here. aiohttp
 
 from __future__ import annotations
 
-import json
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 
-from kms_crds.kube import KubeError, error_from
+from kms_crds.kube import KubeError, decode, error_from, prepare
 from kms_crds.kubeconfig import Connection
 
 
@@ -46,22 +44,15 @@ class AsyncKube:
     ) -> tuple[int, Any]:
         """One call; returns (HTTP status, decoded JSON or text). Never raises for 4xx/5xx."""
         session = self._open()
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        url = self.conn.server + path + (f"?{urlencode(query)}" if query else "")  # type: ignore[union-attr]
-        data = body if body is None or isinstance(body, bytes | str) else json.dumps(body)
+        # (the token is cached by the connection: a file read at most)
+        url, headers, data = prepare(self.conn, method, path, body, query, content_type)  # type: ignore[arg-type]
         try:
-            token = self.conn.token()  # type: ignore[union-attr]  # (cached: a file read at most)
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
             async with session.request(method, url, data=data, headers=headers) as resp:
                 raw = await resp.read()
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise KubeError(0, f"{method} {path}: {type(e).__name__}: {e}") from None
-        try:
-            return status, (json.loads(raw) if raw else None)
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return status, decode(raw)
 
     async def call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         """Like `request`, but raises KubeError for any status >= 400."""
